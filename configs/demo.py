@@ -1,0 +1,75 @@
+"""Demo: the whole target-conditioned pre-training flow on the embedded glyph corpus, on CPU.
+
+Command (the README's main job):
+    bash scripts/demo.sh
+  = python -m launch.main --config=configs/demo.py --workdir=workdirs/demo
+
+`configs/demo.py:tiny` is the seconds-long variant the end-to-end test runs.
+
+Rows compared on the same target, equal pre-training steps for every pre-trained row: the entire
+source, the same-distribution matcher's shards, the elastic matcher's shards, random initialisation.
+Expected result: see README.md ("The demo's numbers").
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs.models import inception_v3
+from data import embedded
+from trainer import config as trainer_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    size = arg or "demo"
+    if size not in ("demo", "tiny"):
+        raise ValueError(f"configs/demo.py takes 'demo' or 'tiny', not {size!r}")
+    tiny = size == "tiny"
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.kind = "embedded"
+    c.data.target_name = "greek_glyphs"
+    c.data.embedded = embedded.default_config(tiny=tiny)
+
+    c.model = inception_v3.get_config()
+    c.model.width_multiplier = 0.125 if tiny else 0.25
+    c.model.image_size = 75
+    c.model.aux_head = False
+    c.model.dropout_rate = 0.2
+
+    c.pretrain = trainer_config.pretrain_config()
+    c.pretrain.global_batch_size = 16 if tiny else 64
+    c.pretrain.steps = 6 if tiny else 1200
+    c.pretrain.warmup_steps = 2 if tiny else 100
+    c.pretrain.learning_rate = 0.1
+    c.pretrain.checkpoint_every_steps = 3 if tiny else 200
+    c.pretrain.log_every_steps = 2 if tiny else 50
+    c.pretrain.image_size = c.model.image_size
+
+    c.weights = ml_collections.ConfigDict()
+    c.weights.temperature = 2.0
+    c.weights.batch_size = 32 if tiny else 128
+
+    c.selection = ml_collections.ConfigDict()
+    c.selection.methods = ("same", "elastic")
+    c.selection.size = 200 if tiny else 12000
+    c.selection.top_k = 0  # uniform/reverse matchers: labels kept (0 = those with w > 0)
+    c.selection.records_per_shard = 100 if tiny else 2000
+    c.selection.example_weight_rule = "max"
+
+    c.finetune = trainer_config.finetune_config()
+    c.finetune.global_batch_size = 16 if tiny else 64
+    c.finetune.steps = 4 if tiny else 300
+    c.finetune.warmup_steps = 1 if tiny else 30
+    c.finetune.learning_rate = 0.05
+    c.finetune.checkpoint_every_steps = 2 if tiny else 100
+    c.finetune.log_every_steps = 2 if tiny else 50
+    c.finetune.image_size = c.model.image_size
+    c.finetune.seeds = (0, 1) if tiny else (0, 1, 2)
+
+    c.report = ml_collections.ConfigDict()
+    c.report.top_labels = 10 if tiny else 20
+    c.report.plot_top_labels = 50 if tiny else 200
+    return c

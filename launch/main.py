@@ -1,0 +1,44 @@
+"""The one entry point: runs the stages of the target-conditioned pre-training flow in order.
+
+    python -m launch.main --config=configs/demo.py --workdir=workdirs/demo [--stages=weights,select]
+                          [--config.pretrain.steps=100 ...]
+
+Each stage reads the previous stage's outputs from the work dir and writes its own; a stage whose
+outputs are complete is skipped, and a stage interrupted half-way resumes (its training runs continue
+from their last checkpoint), so re-running the same command after a crash finishes the job.
+The stages themselves live in `launch.stages`; this file only parses the command line.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags, logging
+
+from launch import config_cli, stages
+
+_CONFIG = config_cli.define_config_flag()
+_WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: every stage's outputs go here.")
+_STAGES = flags.DEFINE_list(
+    "stages", [], f"Subset of stages to run, in pipeline order; all when empty. Known: {stages.STAGE_NAMES}."
+)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        config_cli.parse_command_line(argv)
+        if not _WORKDIR.value:
+            raise config_cli.ConfigError("--workdir is required")
+        selected = stages.select_stages(_STAGES.value)
+        config = _CONFIG.value
+        stages.validate_config(config)
+    except config_cli.ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    logging.set_verbosity(logging.WARNING)
+    stages.run_pipeline(config, _WORKDIR.value, selected)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,110 @@
+"""Command line, config overrides and the stage skip/resume logic of launch.main."""
+
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from launch import config_cli, stages
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _launch(*args, timeout=120):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "launch.main", *args], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.pretrain.stepz=3", "unknown config key 'pretrain.stepz'"),
+        ("--config.nosuch.steps=3", "unknown config key 'nosuch.steps'"),
+        ("--config.pretrain.steps=abc", "config.pretrain.steps"),
+        ("--config.pretrain.parallelism=pjit", "'pretrain.parallelism'"),
+    ],
+)
+def test_bad_override_fails_before_compute(tmp_path, override, message):
+    result = _launch("--config=configs/demo.py:tiny", f"--workdir={tmp_path}", override)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "stages")  # nothing ran
+
+
+def test_unknown_stage_is_rejected(tmp_path):
+    result = _launch("--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--stages=prepare,trian")
+    assert result.returncode == 2 and "unknown stage(s) ['trian']" in result.stderr
+
+
+def test_check_override_keys_accepts_nested_and_names_missing():
+    config = ml_collections.ConfigDict({"a": 1, "sub": {"steps": 2}})
+    config_cli.check_override_keys(config, ["a", "sub.steps"])
+    with pytest.raises(config_cli.ConfigError, match=r"'sub' has no field 'stepz'.*fields: steps"):
+        config_cli.check_override_keys(config, ["sub.stepz"])
+    with pytest.raises(config_cli.ConfigError, match=r"'a' has no field 'b'"):
+        config_cli.check_override_keys(config, ["a.b"])
+
+
+def test_good_overrides_reach_the_resolved_config(tmp_path):
+    from configs import demo
+
+    config = demo.get_config("tiny")
+    assert config.pretrain.steps == 6
+    result = _launch(
+        "--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--stages=prepare",
+        "--config.pretrain.steps=7", "--config.selection.methods=('elastic',)",
+        "--config.weights.temperature=3.5",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    resolved = json.load(open(tmp_path / "config.json"))
+    assert resolved["pretrain"]["steps"] == 7
+    assert resolved["selection"]["methods"] == ["elastic"]
+    assert resolved["weights"]["temperature"] == 3.5
+    assert os.path.exists(tmp_path / "stages" / "prepare.json")
+    assert not os.path.exists(tmp_path / "stages" / "pretrain_source.json")
+
+
+def test_select_stages_keeps_pipeline_order():
+    assert stages.select_stages([]) == stages.STAGE_NAMES
+    assert stages.select_stages(["report", "prepare"]) == ("prepare", "report")
+
+
+def test_run_pipeline_skips_complete_stages_and_resumes_after_failure(tmp_path, monkeypatch):
+    calls = []
+
+    def make(name, fail_once=False):
+        state = {"failed": False}
+
+        def stage(config, ws):
+            calls.append(name)
+            if fail_once and not state["failed"]:
+                state["failed"] = True
+                raise RuntimeError(f"{name} crashed")
+            return {"ran": name}
+
+        return stage
+
+    fake = {name: make(name, fail_once=(name == "select")) for name in stages.STAGE_NAMES}
+    monkeypatch.setattr(stages, "STAGES", fake)
+    config = ml_collections.ConfigDict({"seed": 0})
+    with pytest.raises(RuntimeError, match="select crashed"):
+        stages.run_pipeline(config, str(tmp_path))
+    assert calls == ["prepare", "pretrain_source", "weights", "select"]
+    assert not os.path.exists(tmp_path / "stages" / "select.json")
+
+    calls.clear()
+    summaries = stages.run_pipeline(config, str(tmp_path))
+    assert calls == ["select", "pretrain_selected", "finetune", "report"]
+    assert summaries["prepare"] == {"ran": "prepare"}  # read back from the marker
+
+    calls.clear()
+    os.remove(tmp_path / "stages" / "finetune.json")
+    stages.run_pipeline(config, str(tmp_path), ["finetune", "report"])
+    assert calls == ["finetune"]
