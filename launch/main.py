@@ -19,6 +19,10 @@ from launch import config_cli, stages
 
 _CONFIG = config_cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: every stage's outputs go here.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False,
+    "Call jax.distributed.initialize() first (TPU pods, SLURM, or JAX_COORDINATOR_ADDRESS set).",
+)
 _STAGES = flags.DEFINE_list(
     "stages", [], f"Subset of stages to run, in pipeline order; all when empty. Known: {stages.STAGE_NAMES}."
 )
@@ -36,6 +40,10 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     logging.set_verbosity(logging.WARNING)
+    if _MULTIHOST.value:
+        import jax
+
+        jax.distributed.initialize()
     stages.run_pipeline(config, _WORKDIR.value, selected)
     return 0
 
