@@ -1,0 +1,142 @@
+"""Huh et al. (2016) pre-training subsets: coarser label sets, fewer classes, fewer images per class.
+
+Which of their experiments each function reproduces:
+  - `depth_coarsening`: top-down clustering (section 5.1, Table 1): every label is replaced by its
+    ancestor at a fixed distance from the root (their 127-class set; 10 and 2 at smaller depths);
+    labels shallower than that depth keep their own name (65 of their 127 classes were original).
+  - `bottom_up_coarsening` / `bottom_up_label_sets`: bottom-up clustering (Figure 3, section 5.1,
+    Figure 2): each iteration merges the leaves sharing a parent into that parent, but only where
+    all of the parent's children are leaves, so an unbalanced tree keeps some fine labels for
+    several iterations (their 918, 753, 486, 79, 9-class sets came from 18 such taxonomies).
+  - `images_per_class`: N random images per class (section 4, Figure 1: 50..1000 per class;
+    Table 2 "more classes" row).
+  - `random_classes`: a uniformly random subset of the classes with all their images (Table 2
+    "more examples/class" row; section 6 random split). Table 2's fixed-budget rows are
+    `images_per_class(random_classes(...), n)` or `images_per_class(counts, n)`.
+The coarsenings keep every image and change its label: they return a `LabelRemap` (fine label index
+-> coarse label index) for whoever writes or reads the records. The others return per-label planned
+counts (expected draws per source label, never above the label's count, so no image repeats).
+
+The hierarchy is the manifest's: parent name -> list of child names; it must be a forest (one parent
+per node). Labels absent from it are roots of their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelRemap:
+    """A coarser label set: `names[index[i]]` is the new label of fine label i."""
+
+    names: list[str]
+    index: np.ndarray
+
+    def counts(self, fine_counts: np.ndarray) -> np.ndarray:
+        """Per-coarse-label image counts (for multi-label data an image may count under one label twice)."""
+        return np.bincount(self.index, weights=np.asarray(fine_counts, np.float64), minlength=len(self.names))
+
+
+def parent_map(hierarchy: dict[str, list[str]]) -> dict[str, str]:
+    """Child -> parent; refuses a node with two parents or a cycle, where 'ancestor' is ambiguous."""
+    parents: dict[str, str] = {}
+    for parent, children in hierarchy.items():
+        for child in children:
+            if child in parents and parents[child] != parent:
+                raise ValueError(f"{child!r} has two parents ({parents[child]!r}, {parent!r}): need a tree")
+            parents[child] = parent
+    for node in parents:
+        seen = {node}
+        while node in parents:
+            node = parents[node]
+            if node in seen:
+                raise ValueError(f"cycle in hierarchy through {node!r}")
+            seen.add(node)
+    return parents
+
+
+def _path_from_root(label: str, parents: dict[str, str]) -> list[str]:
+    path = [label]
+    while path[-1] in parents:
+        path.append(parents[path[-1]])
+    return path[::-1]
+
+
+def _remap(label_names: list[str], assigned: list[str]) -> LabelRemap:
+    """Coarse names in order of first appearance over the fine labels (deterministic)."""
+    names = list(dict.fromkeys(assigned))
+    position = {name: i for i, name in enumerate(names)}
+    return LabelRemap(names, np.array([position[a] for a in assigned], dtype=np.int64))
+
+
+def depth_coarsening(label_names: list[str], hierarchy: dict[str, list[str]], depth: int) -> LabelRemap:
+    """Huh et al.'s top-down label set: each label -> its ancestor at `depth` (roots are depth 0)."""
+    if depth < 0:
+        raise ValueError("depth must be >= 0")
+    parents = parent_map(hierarchy)
+    assigned = []
+    for label in label_names:
+        path = _path_from_root(label, parents)
+        assigned.append(path[min(depth, len(path) - 1)])
+    return _remap(label_names, assigned)
+
+
+def _merge_step(assigned: list[str], parents: dict[str, str]) -> list[str]:
+    """One bottom-up iteration over the tree pruned to the current labels and their ancestors."""
+    current = set(assigned)
+    children: dict[str, set[str]] = {}
+    for node in current:
+        while node in parents:
+            children.setdefault(parents[node], set()).add(node)
+            node = parents[node]
+    leaves = {node for node in current if node not in children}
+    collapsible = {p for p, kids in children.items() if kids <= leaves}
+    return [parents[a] if parents.get(a) in collapsible else a for a in assigned]
+
+
+def bottom_up_coarsening(
+    label_names: list[str], hierarchy: dict[str, list[str]], iterations: int
+) -> LabelRemap:
+    """Huh et al.'s Figure 3 label set after `iterations` merges (0 = the original labels)."""
+    if iterations < 0:
+        raise ValueError("iterations must be >= 0")
+    parents = parent_map(hierarchy)
+    assigned = list(label_names)
+    for _ in range(iterations):
+        assigned = _merge_step(assigned, parents)
+    return _remap(label_names, assigned)
+
+
+def bottom_up_label_sets(label_names: list[str], hierarchy: dict[str, list[str]]) -> list[LabelRemap]:
+    """Every bottom-up taxonomy, finest first, until only roots remain (Huh et al. found 18 for ImageNet)."""
+    parents = parent_map(hierarchy)
+    assigned = list(label_names)
+    sets = [_remap(label_names, assigned)]
+    while True:
+        merged = _merge_step(assigned, parents)
+        if merged == assigned:
+            return sets
+        assigned = merged
+        sets.append(_remap(label_names, assigned))
+
+
+def images_per_class(label_counts: np.ndarray, per_class: int) -> np.ndarray:
+    """Planned counts with at most `per_class` images of each label (Huh et al. section 4)."""
+    if per_class < 0:
+        raise ValueError("per_class must be >= 0")
+    return np.minimum(np.asarray(label_counts, dtype=np.float64), float(per_class))
+
+
+def random_classes(label_counts: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
+    """Planned counts keeping all images of `num_classes` labels drawn uniformly (among non-empty ones)."""
+    counts = np.asarray(label_counts, dtype=np.float64)
+    nonempty = np.flatnonzero(counts > 0)
+    if not 0 < num_classes <= nonempty.size:
+        raise ValueError(f"num_classes={num_classes} must be in [1, {nonempty.size}] (non-empty labels)")
+    chosen = np.random.default_rng(seed).choice(nonempty, size=num_classes, replace=False)
+    planned = np.zeros_like(counts)
+    planned[chosen] = counts[chosen]
+    return planned
