@@ -1,0 +1,310 @@
+"""The grain input pipeline: training iterator, evaluation batches, prefetch to device.
+
+Training: MapDataset.source(shard set) -> this process's contiguous slice of the index space ->
+global shuffle (reseeded each epoch) -> repeat -> decode + augment (threads, optionally worker
+processes) -> batch -> uint8 to float32 [-1, 1]. Every step is index based, so a grain iterator
+state (a few integers) resumes the stream exactly. Evaluation: each process takes its slice in
+order, central crop, and pads its last batches (`mask` False) so that every process yields the
+same number of batches and every example is seen exactly once.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import math
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+from absl import flags
+import jax
+import numpy as np
+
+from data import augment as augment_lib
+from data import manifest, records
+from data.sources import ShardSetSource
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """Stands in for a corrupt record between decoding and the skip filter."""
+
+    path: str
+    index: int
+    reason: str
+
+
+class CorruptLog:
+    """Counts the records skipped with `skip_corrupt=True`, so none is dropped silently.
+
+    The filter runs in the main process (after worker processes), so the count is exact.
+    """
+
+    max_entries = 100
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        self.entries: list[Skipped] = []
+
+    def add(self, skipped: Skipped) -> None:
+        with self._lock:
+            self.count += 1
+            if len(self.entries) < self.max_entries:
+                self.entries.append(skipped)
+        log.warning("skipping corrupt record: %s: record %d: %s", skipped.path, skipped.index, skipped.reason)
+
+
+SKIPPED = CorruptLog()
+"""Process-wide log of skipped records; the trainer reports `SKIPPED.count`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Preprocess:
+    """Parses a record and preprocesses its image; picklable for grain worker processes."""
+
+    source: ShardSetSource
+    image_size: int
+    num_classes: int
+    train: bool
+    skip_corrupt: bool
+
+    def __call__(self, item: tuple[int, bytes] | Skipped, rng: np.random.Generator | None = None):
+        if isinstance(item, Skipped):  # a bad CRC from _SafeSource, on its way to the filter
+            return item
+        index, data = item
+        try:
+            example = records.decode_example(data)
+        except Exception as err:  # protobuf raises its own DecodeError
+            return self._corrupt(index, f"undecodable example ({err})")
+        try:
+            if self.train:
+                image = augment_lib.train_image(example.image, self.image_size, rng)
+            else:
+                image = augment_lib.eval_image(example.image, self.image_size)
+        except (OSError, ValueError, SyntaxError) as err:  # what PIL raises on bad image data
+            return self._corrupt(index, f"undecodable image ({err})")
+        labels = np.zeros((self.num_classes,), np.float32)
+        for label in example.labels:
+            if not 0 <= label < self.num_classes:
+                path, local = self.source.locate(index)
+                raise ValueError(f"{path}: record {local}: label {label} not in [0, {self.num_classes})")
+            labels[label] = 1.0
+        return {
+            "image": image,
+            "label": np.int32(example.labels[0] if example.labels else -1),
+            "labels": labels,
+            "weight": np.float32(1.0 if example.weight is None else example.weight),
+        }
+
+    def _corrupt(self, index: int, reason: str) -> Skipped:
+        path, local = self.source.locate(index)
+        if not self.skip_corrupt:
+            raise records.CorruptRecordError(path, local, reason)
+        return Skipped(path, local, reason)
+
+
+class _SafeSource:
+    """Wraps the source so a bad CRC becomes a `Skipped` element instead of an exception."""
+
+    def __init__(self, source: ShardSetSource):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.source[index]
+        except records.CorruptRecordError as err:
+            return Skipped(err.path, err.index, err.reason)
+
+
+def _keep(element: Any) -> bool:
+    if isinstance(element, Skipped):
+        SKIPPED.add(element)
+        return False
+    return True
+
+
+def _to_float(batch: Batch) -> Batch:
+    return {**batch, "image": augment_lib.to_float(batch["image"])}
+
+
+def _process_split(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if not 0 <= index < count:
+        raise ValueError(f"process_index {index} not in [0, {count})")
+    return index, count
+
+
+def _per_process_batch(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch {global_batch_size} not divisible by {process_count} processes")
+    return global_batch_size // process_count
+
+
+def _open(shard_dir: str, verify: bool) -> ShardSetSource:
+    shard_set = manifest.load_manifest(shard_dir, verify=verify)
+    source = ShardSetSource(shard_set.files)
+    if source.record_counts != shard_set.record_counts:
+        raise manifest.ManifestError(
+            f"{shard_dir}: record counts {source.record_counts} differ from the manifest's "
+            f"{shard_set.record_counts}"
+        )
+    return source
+
+
+def _slice(n: int, index: int, count: int) -> slice:
+    """Contiguous, disjoint slices covering [0, n) exactly once across processes."""
+    return slice(n * index // count, n * (index + 1) // count)
+
+
+def train_iterator(
+    shard_dir: str,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    seed: int,
+    num_classes: int,
+    augment: bool = True,
+    num_epochs: int | None = None,
+    worker_count: int = 0,
+    read_threads: int = 8,
+    skip_corrupt: bool = False,
+    verify: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.DatasetIterator:
+    """Per-process training batches {image, label, labels, weight}; `get_state`/`set_state` resume exactly.
+
+    Deterministic for (seed, process_count, worker_count). `verify` checks the manifest's
+    sha256 of every shard first (a full read of the data; turn off for very large corpora).
+    """
+    pindex, pcount = _process_split(process_index, process_count)
+    per_process = _per_process_batch(global_batch_size, pcount)
+    source = _open(shard_dir, verify)
+    ds = grain.MapDataset.source(_SafeSource(source) if skip_corrupt else source)
+    ds = ds.slice(_slice(len(source), pindex, pcount))
+    if len(ds) == 0:
+        raise ValueError(f"{shard_dir}: process {pindex} of {pcount} has no records")
+    ds = ds.shuffle(seed=seed).repeat(num_epochs)
+    if augment:
+        prep = _Preprocess(source, image_size, num_classes, True, skip_corrupt)
+        ds = ds.random_map(prep, seed=(seed * 7919 + pindex + 1) % 2**32)
+    else:
+        ds = ds.map(_Preprocess(source, image_size, num_classes, False, skip_corrupt))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2 * per_process, read_threads)))
+    if worker_count > 0:
+        if not flags.FLAGS.is_parsed():  # grain reads absl flags; outside absl.app use defaults
+            flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=per_process))
+    if skip_corrupt:
+        it = it.filter(_keep)
+    it = it.batch(per_process, drop_remainder=True).map(_to_float)
+    return iter(it)
+
+
+def _padding(n: int, image_size: int, num_classes: int) -> Batch:
+    return {
+        "image": np.zeros((n, image_size, image_size, 3), np.uint8),
+        "label": np.zeros((n,), np.int32),
+        "labels": np.zeros((n, num_classes), np.float32),
+        "weight": np.zeros((n,), np.float32),
+    }
+
+
+def eval_batches(
+    shard_dir: str,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    num_classes: int,
+    read_threads: int = 8,
+    skip_corrupt: bool = False,
+    verify: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[Batch]:
+    """Per-process eval batches with `mask`; every process yields the same number of batches."""
+    pindex, pcount = _process_split(process_index, process_count)
+    per_process = _per_process_batch(global_batch_size, pcount)
+    source = _open(shard_dir, verify)
+    num_batches = math.ceil(math.ceil(len(source) / pcount) / per_process)
+    ds = grain.MapDataset.source(_SafeSource(source) if skip_corrupt else source)
+    ds = ds.slice(_slice(len(source), pindex, pcount))
+    ds = ds.map(_Preprocess(source, image_size, num_classes, False, skip_corrupt))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2 * per_process, read_threads)))
+    if skip_corrupt:
+        it = it.filter(_keep)
+    elements = iter(it)
+    for _ in range(num_batches):
+        chunk = [e for _, e in zip(range(per_process), elements)]
+        batch = _padding(per_process, image_size, num_classes)
+        for key in batch:
+            if chunk:
+                batch[key][: len(chunk)] = np.stack([e[key] for e in chunk])
+        batch["mask"] = np.arange(per_process) < len(chunk)
+        yield _to_float(batch)
+
+
+class DevicePrefetcher:
+    """Keeps `size` batches on device ahead of the consumer; its state is that of the consumer.
+
+    `get_state()` returns the wrapped iterator's state as of the next batch this object will
+    yield (not the prefetched position), so a checkpoint resumes exactly.
+    """
+
+    def __init__(self, iterator: Iterator[Batch], size: int = 2, sharding: Any = None):
+        self._iterator, self._size, self._sharding = iterator, max(1, size), sharding
+        self._queue: collections.deque = collections.deque()
+
+    def _put(self, batch: Batch):
+        if self._sharding is None:
+            return jax.device_put(batch)
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._sharding, x), batch)
+
+    def _fill(self) -> None:
+        while len(self._queue) < self._size:
+            state = self._iterator.get_state() if hasattr(self._iterator, "get_state") else None
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                return
+            self._queue.append((state, self._put(batch)))
+
+    def __iter__(self) -> DevicePrefetcher:
+        return self
+
+    def __next__(self):
+        self._fill()
+        if not self._queue:
+            raise StopIteration
+        _, batch = self._queue.popleft()
+        self._fill()
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        return self._queue[0][0] if self._queue else self._iterator.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._queue.clear()
+        self._iterator.set_state(state)
+
+
+def prefetch_to_device(iterator: Iterator[Batch], size: int = 2, sharding: Any = None) -> DevicePrefetcher:
+    """Double-buffers batches onto devices so host input overlaps the step.
+
+    `sharding`: None (default device) or one Sharding for every leaf (batch-leading); with a
+    Sharding each process passes its local part and gets global arrays
+    (`jax.make_array_from_process_local_data`).
+    """
+    return DevicePrefetcher(iterator, size, sharding)
