@@ -1,0 +1,85 @@
+"""Checkpoints with orbax: the train state plus the input iterator's state, in one atomic step dir.
+
+A run's checkpoints live in `workdir/checkpoints/<step>`; orbax writes each to a temporary directory
+and renames it when complete, so a killed job leaves either the previous checkpoint or the new one.
+`load_variables` is how other stages (selection, fine-tuning init, evaluation) read a trained run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+class Checkpointer:
+    """Periodic/forced saves (keep the last `keep`), and restore of state + iterator state."""
+
+    def __init__(self, workdir: str, *, keep: int = 3, every_steps: int = 0):
+        self.every_steps = int(every_steps)
+        self._manager = ocp.CheckpointManager(
+            checkpoint_dir(workdir),
+            options=ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True),
+            item_names=("state", "iterator"),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def due(self, step: int) -> bool:
+        return self.every_steps > 0 and step % self.every_steps == 0
+
+    def save(self, step: int, state: Any, iterator_state: Any) -> None:
+        """Saves unless this step is already saved; the write finishes in the background."""
+        if step in self._manager.all_steps():
+            return
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), iterator=ocp.args.JsonSave(iterator_state)),
+            force=True,
+        )
+
+    def restore(self, step: int, target: Any) -> tuple[Any, Any]:
+        """(state laid out like `target`, iterator state) from checkpoint `step`."""
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(target), iterator=ocp.args.JsonRestore()),
+        )
+        return restored["state"], restored["iterator"]
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def load_raw_state(workdir: str, step: int | None = None) -> dict:
+    """The saved train state as nested dicts of numpy arrays (no target structure needed)."""
+    with ocp.CheckpointManager(checkpoint_dir(workdir), item_names=("state", "iterator")) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {checkpoint_dir(workdir)}")
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return restored["state"]
+
+
+def load_variables(workdir: str, use_ema: bool = True) -> dict:
+    """The latest checkpoint's model variables for inference: dict(params=..., batch_stats=...).
+
+    EMA weights when `use_ema` and the run kept an EMA, else the raw weights.
+    """
+    state = load_raw_state(workdir)
+    to_np = lambda tree: {k: to_np(v) if isinstance(v, dict) else np.asarray(v) for k, v in tree.items()}  # noqa: E731
+    if use_ema and state.get("ema_params"):
+        return {"params": to_np(state["ema_params"]), "batch_stats": to_np(state.get("ema_batch_stats") or {})}
+    return {"params": to_np(state["params"]), "batch_stats": to_np(state.get("batch_stats") or {})}

@@ -1,0 +1,155 @@
+"""Runs the train step under `jax.pmap` or under `jax.jit` over a `Mesh` (data-parallel batch,
+replicated or FSDP-sharded state), behind one small interface so the loop does not care which.
+
+The host-side view of the state (what checkpoints hold) is the same in both modes: one copy of every
+array. `put_state` places that copy for the mode, `host_state` takes it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from trainer.state import TrainState
+
+DATA_AXIS = "data"
+
+
+def data_mesh(devices: list | None = None) -> Mesh:
+    """A 1-D mesh over all devices (every process's), axis 'data', Auto axis types."""
+    return Mesh(np.array(devices if devices is not None else jax.devices()), (DATA_AXIS,))
+
+
+def fsdp_spec(shape: tuple[int, ...], num_shards: int, min_size: int = 2**14) -> P:
+    """Shard an array's largest axis divisible by the mesh size; small or indivisible ones stay replicated."""
+    if int(np.prod(shape, dtype=np.int64)) < min_size:
+        return P()
+    for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+        if shape[axis] % num_shards == 0:
+            spec = [None] * len(shape)
+            spec[axis] = DATA_AXIS
+            return P(*spec)
+    return P()
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool) -> Any:
+    size = mesh.shape[DATA_AXIS]
+    return jax.tree.map(
+        lambda x: NamedSharding(mesh, fsdp_spec(x.shape, size) if fsdp else P()), abstract_state
+    )
+
+
+class JitRunner:
+    """jit with explicit shardings: the batch split over 'data', the state replicated or FSDP-sharded."""
+
+    def __init__(self, step_fn: Callable, abstract_state: TrainState, *, fsdp: bool, mesh: Mesh | None = None):
+        self.mesh = mesh or data_mesh()
+        self.state_sharding = state_shardings(abstract_state, self.mesh, fsdp)
+        self.batch_sharding = NamedSharding(self.mesh, P(DATA_AXIS))
+        replicated = NamedSharding(self.mesh, P())
+        self._step = jax.jit(
+            step_fn,
+            in_shardings=(self.state_sharding, self.batch_sharding),
+            out_shardings=(self.state_sharding, replicated),
+            donate_argnums=0,
+        )
+
+    @property
+    def num_devices(self) -> int:
+        return self.mesh.size
+
+    def put_state(self, state: Any) -> Any:
+        return jax.tree.map(
+            lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda idx: np.asarray(x)[idx]),
+            state,
+            self.state_sharding,
+        )
+
+    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Per-process batch -> global array sharded over the mesh."""
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in batch.items()}
+
+    def step(self, state: Any, batch: dict[str, jax.Array]) -> tuple[Any, dict]:
+        return self._step(state, batch)
+
+    def host_state(self, state: Any) -> Any:
+        """The state as orbax should save it: global arrays, saved shard by shard."""
+        return state
+
+    def restore_target(self, abstract_state: Any) -> Any:
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, self.state_sharding
+        )
+
+    def put_restored(self, restored: Any) -> Any:
+        """Restored arrays already carry the state shardings."""
+        return restored
+
+    def metrics(self, metrics: dict) -> dict[str, float]:
+        return {k: float(v) for k, v in metrics.items()}
+
+
+def _first_replica(x: jax.Array) -> np.ndarray:
+    """The copy on this process's first device of a pmap output (leading axis = devices)."""
+    return np.asarray(x.addressable_data(0)).reshape(x.shape[1:])
+
+
+class PmapRunner:
+    """pmap over the process's local devices: the state replicated per device, the batch split per device."""
+
+    def __init__(self, step_fn: Callable, axis_name: str = "batch"):
+        self.devices = jax.local_devices()
+        self._mesh = Mesh(np.array(self.devices), ("replica",))
+        self._sharded = NamedSharding(self._mesh, P("replica"))
+        self._step = jax.pmap(step_fn, axis_name=axis_name, donate_argnums=0)
+
+    @property
+    def num_devices(self) -> int:
+        return jax.device_count()
+
+    def put_state(self, state: Any) -> Any:
+        n = len(self.devices)
+        return jax.tree.map(
+            lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n, *np.shape(x))), self._sharded), state
+        )
+
+    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        n = len(self.devices)
+
+        def split(x):
+            if x.shape[0] % n:
+                raise ValueError(f"per-process batch {x.shape[0]} is not divisible by {n} local devices")
+            return jax.device_put(x.reshape(n, x.shape[0] // n, *x.shape[1:]), self._sharded)
+
+        return {k: split(v) for k, v in batch.items()}
+
+    def step(self, state: Any, batch: dict[str, jax.Array]) -> tuple[Any, dict]:
+        return self._step(state, batch)
+
+    def host_state(self, state: Any) -> Any:
+        """One replica, fetched to host numpy (replicas are identical)."""
+        return jax.tree.map(_first_replica, state)
+
+    def restore_target(self, abstract_state: Any) -> Any:
+        return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract_state)
+
+    def put_restored(self, restored: Any) -> Any:
+        return self.put_state(restored)
+
+    def metrics(self, metrics: dict) -> dict[str, float]:
+        return {k: float(_first_replica(v)) for k, v in metrics.items()}
+
+
+def make_runner(parallelism: str, step_factory: Callable[[str | None], Callable], abstract_state: Any, fsdp: bool):
+    """`step_factory(axis_name)` builds the step; pmap gets an axis name, jit gets None."""
+    if parallelism == "pmap":
+        if fsdp:
+            raise ValueError("fsdp needs parallelism='jit'")
+        return PmapRunner(step_factory("batch"))
+    if parallelism == "jit":
+        return JitRunner(step_factory(None), abstract_state, fsdp=fsdp)
+    raise ValueError(f"parallelism must be 'pmap' or 'jit', got {parallelism!r}")

@@ -1,0 +1,244 @@
+"""The training loop: resumable, exact, observable. `train` reads shard sets; `fit` is the loop itself.
+
+Resuming and initialising are different things: a work dir with checkpoints always resumes from its
+latest one (model, optimiser, EMA, step and input-iterator state, so the continuation is exactly the
+run that was not interrupted); `init_from` only seeds a fresh run's weights from another run. A run
+whose `final.json` exists is finished and returns at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from data import atomic, manifest
+from trainer import metrics as metrics_lib
+from trainer import optim, schedules, warm_start
+from trainer.checkpoint import Checkpointer
+from trainer.parallel import make_runner
+from trainer.state import create_state
+from trainer.step import make_train_step
+
+FINAL_NAME = "final.json"
+
+
+class _Preemption:
+    """SIGTERM sets a flag; the loop saves a checkpoint at the next step boundary and exits."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _Preemption:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals to the caller
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def any_process(self) -> bool:
+        """All processes must stop at the same step, so the flag is OR-ed across hosts."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
+
+
+def fit(
+    config: ml_collections.ConfigDict,
+    *,
+    model: nn.Module,
+    make_iterator: Callable[[], Iterator[dict[str, np.ndarray]]],
+    total_steps: int,
+    warmup_steps: int,
+    workdir: str,
+    init_from: str | None = None,
+    stage_name: str = "train",
+) -> dict[str, Any]:
+    """Trains `model` for `total_steps` on batches from `make_iterator()` (which must offer
+    get_state/set_state); checkpoints, logs and writes `workdir/final.json`; returns its metrics."""
+    final_path = os.path.join(workdir, FINAL_NAME)
+    if os.path.exists(final_path):
+        return atomic.read_json(final_path)
+    os.makedirs(workdir, exist_ok=True)
+    schedule = schedules.warmup_cosine(
+        float(config.learning_rate), warmup_steps, total_steps, float(config.end_learning_rate)
+    )
+    tx = optim.build_optimizer(config, schedule)
+    init_key, state_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))
+    dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+    use_ema = float(config.ema_decay) > 0
+    init_variables = jax.jit(lambda: model.init({"params": init_key, "dropout": init_key}, dummy, train=False))
+    make_state = jax.jit(lambda variables: create_state(variables, tx, state_key, use_ema))
+    abstract = jax.eval_shape(lambda: make_state(init_variables()))
+    runner = make_runner(
+        config.parallelism,
+        lambda axis_name: make_train_step(model, config, tx, schedule, axis_name),
+        abstract,
+        bool(config.fsdp),
+    )
+    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, every_steps=config.checkpoint_every_steps)
+    iterator = make_iterator()
+    latest = ckpt.latest_step()
+    if latest is not None:
+        restored, iterator_state = ckpt.restore(latest, runner.restore_target(abstract))
+        iterator.set_state(iterator_state)
+        state = runner.put_restored(restored)
+        logging.info("%s: resumed from step %d", stage_name, latest)
+    else:
+        variables = init_variables()
+        if init_from:
+            variables, reinit = warm_start.load_pretrained(init_from, jax.device_get(variables), config)
+            print(f"[{stage_name}] initialised from {init_from}; re-initialised heads: {reinit or 'none'}", flush=True)
+        state = runner.put_state(make_state(variables))
+    step = int(latest or 0)
+    global_batch = int(config.global_batch_size)
+    writer = metrics_lib.MetricsWriter(os.path.join(workdir, "tb"))
+    window = metrics_lib.WindowTimer()
+    last_saved = latest
+    last_means: dict[str, float] = {}
+    run_start = time.perf_counter()
+    pending: tuple[int, dict] | None = None
+
+    def consume(item: tuple[int, dict]) -> None:
+        done_step, device_metrics = item
+        values = runner.metrics(device_metrics)
+        metrics_lib.check_finite(done_step, values, last_saved)
+        window.add(values)
+
+    try:
+        with _Preemption() as preemption:
+            while step < total_steps:
+                batch = runner.put_batch(next(iterator))
+                state, device_metrics = runner.step(state, batch)
+                step += 1
+                if pending is not None:
+                    consume(pending)
+                pending = (step, device_metrics)
+                stop = preemption.any_process()
+                log_now = step % int(config.log_every_steps) == 0 or step == total_steps
+                save_now = ckpt.due(step) or step == total_steps or stop
+                if not (log_now or save_now):
+                    continue
+                consume(pending)
+                pending = None
+                if log_now:
+                    last_means = _report(stage_name, step, total_steps, window, global_batch, writer)
+                if save_now:
+                    ckpt.save(step, runner.host_state(state), iterator.get_state())
+                    last_saved = step
+                if stop:
+                    ckpt.wait()
+                    print(f"[{stage_name}] SIGTERM: checkpoint saved at step {step}; exiting", flush=True)
+                    raise SystemExit(128 + signal.SIGTERM)
+        ckpt.wait()
+    finally:
+        writer.close()
+        ckpt.close()
+    result = {
+        "stage": stage_name,
+        "steps": step,
+        "global_batch_size": global_batch,
+        "wall_s": time.perf_counter() - run_start,
+        **last_means,
+    }
+    atomic.write_json(final_path, result)
+    return result
+
+
+def _report(
+    stage: str, step: int, total: int, window: metrics_lib.WindowTimer, global_batch: int, writer: metrics_lib.MetricsWriter
+) -> dict[str, float]:
+    elapsed = window.elapsed()
+    means = window.means()
+    step_time = elapsed / max(window.steps, 1)
+    means["images_per_s"] = global_batch / step_time if step_time > 0 else 0.0
+    means["step_time_s"] = step_time
+    writer.write(step, {f"train/{k}": v for k, v in means.items()})
+    print(
+        metrics_lib.progress_line(
+            stage, step, total, means["loss"], means["learning_rate"], means["images_per_s"], step_time * (total - step)
+        ),
+        flush=True,
+    )
+    window.reset()
+    return means
+
+
+def prepare_model_config(
+    config: ml_collections.ConfigDict, model_config: ml_collections.ConfigDict, *, num_classes: int, num_records: int
+) -> ml_collections.ConfigDict:
+    """The model config for this run: classes from the data, the trainer's image size and compute
+    dtype, and the resolved BatchNorm momentum (fine-tuning's max(1 - 10/s, 0.9))."""
+    model_config = ml_collections.ConfigDict(model_config.to_dict())
+    model_config.num_classes = int(num_classes)
+    model_config.image_size = int(config.image_size)
+    model_config.dtype = config.compute_dtype
+    momentum = schedules.resolve_bn_momentum(config, num_records)
+    if momentum is not None:
+        model_config.bn_momentum = momentum
+    return model_config
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    *,
+    model_config: ml_collections.ConfigDict,
+    train_dir: str,
+    workdir: str,
+    init_from: str | None = None,
+    stage_name: str = "train",
+) -> dict[str, Any]:
+    """Trains on the shard set in `train_dir` (resuming from `workdir` if it has checkpoints)."""
+    from data import pipeline
+    from models.registry import build_model
+
+    final_path = os.path.join(workdir, FINAL_NAME)
+    if os.path.exists(final_path):
+        return atomic.read_json(final_path)
+    shards = manifest.load_manifest(train_dir, verify=False)
+    total, warmup = schedules.resolve_steps(config, shards.num_records)
+    model_config = prepare_model_config(
+        config, model_config, num_classes=shards.num_labels, num_records=shards.num_records
+    )
+    model = build_model(model_config)
+
+    def make_iterator():
+        return pipeline.train_iterator(
+            train_dir,
+            global_batch_size=int(config.global_batch_size),
+            image_size=int(config.image_size),
+            seed=int(config.seed),
+            num_classes=shards.num_labels,
+            augment=bool(config.augment),
+            worker_count=int(config.worker_count),
+        )
+
+    return fit(
+        config,
+        model=model,
+        make_iterator=make_iterator,
+        total_steps=total,
+        warmup_steps=warmup,
+        workdir=workdir,
+        init_from=init_from,
+        stage_name=stage_name,
+    )
