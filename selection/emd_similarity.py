@@ -8,7 +8,8 @@ each source category s_i alone, {(s_i, 1)}, is scored by sim({(s_i, 1)}, T) and 
 Target labels: Cui et al. represent the target by its class means, so `target_labels` is accepted
 here (unlike Ngiam et al.'s importance weights, which never read target labels). Without target
 labels every target image is its own unit of mass 1/M, which is the image-level EMD that the class
-means approximate.
+means approximate (the LP then has one variable per source class and target image: fine for
+`label_similarities`, which needs no LP, but slow for a full EMD against thousands of images).
 
 Labels are either a 1-D int array (one label per example) or a 2-D multi-hot array [N, L] (the
 multi-label source case): an example with several labels adds its features to each of their means
@@ -20,7 +21,6 @@ from __future__ import annotations
 import numpy as np
 import ot
 import scipy.sparse
-from scipy.spatial.distance import cdist
 
 CUI_GAMMA = 0.01
 _LABEL_CHUNK = 512
@@ -77,7 +77,7 @@ def emd(
     xs = np.asarray(source_points, dtype=np.float64)[keep_a]
     xt = np.asarray(target_points, dtype=np.float64)[keep_b]
     a, b = a[keep_a] / a[keep_a].sum(), b[keep_b] / b[keep_b].sum()
-    cost = cdist(xs, xt, metric="euclidean")
+    cost = ot.dist(xs, xt, metric="euclidean")
     value, log = ot.emd2(a, b, cost, numItermax=max(100_000, 50 * cost.size), log=True)
     if log.get("warning"):
         raise RuntimeError(f"EMD solver did not converge: {log['warning']}")
@@ -129,6 +129,7 @@ def label_similarities(
     target-weighted mean distance and needs no LP; computed in label chunks to bound memory.
     """
     source_means = np.asarray(source_means, dtype=np.float64)
+    target_points = np.asarray(target_points, dtype=np.float64)
     w = np.asarray(target_weights, dtype=np.float64)
     w = w / w.sum()
     present = ~np.isnan(source_means).any(axis=1)
@@ -136,7 +137,7 @@ def label_similarities(
     rows = np.flatnonzero(present)
     for start in range(0, rows.size, _LABEL_CHUNK):
         chunk = rows[start : start + _LABEL_CHUNK]
-        distances[chunk] = cdist(source_means[chunk], target_points, metric="euclidean") @ w
+        distances[chunk] = ot.dist(source_means[chunk], target_points, metric="euclidean") @ w
     sims = np.exp(-gamma * distances)
     sims[~present] = -np.inf
     return sims

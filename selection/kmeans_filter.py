@@ -19,12 +19,20 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import ot
 from scipy.spatial.distance import cdist
 from sklearn.cluster import KMeans, MiniBatchKMeans
 
 from selection.domain_classifier import select_top_examples
 
 _SCORE_CHUNK = 65_536
+
+
+def _distances(x: np.ndarray, centres: np.ndarray, p: float) -> np.ndarray:
+    """L_p distances [len(x), K]; p = 2 through a matrix product (several times faster than cdist)."""
+    if p == 2:
+        return ot.dist(x, centres, metric="euclidean")
+    return cdist(x, centres, metric="minkowski", p=p)
 
 
 def target_centroids(
@@ -54,7 +62,7 @@ def kmeans_filter_scores(
     scores = np.empty(n, dtype=np.float64)
     for start in range(0, n, _SCORE_CHUNK):
         chunk = np.asarray(source_features[start : start + _SCORE_CHUNK], dtype=np.float64)
-        distances = cdist(chunk, centroids, metric="minkowski", p=p)
+        distances = _distances(chunk, centroids, p)
         scores[start : start + _SCORE_CHUNK] = reduce(distances, axis=1)
     return scores
 

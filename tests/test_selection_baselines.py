@@ -112,13 +112,17 @@ def test_domain_classifier_ranks_nearer_source_points_higher():
     assert sum(int(k[3:]) >= 200 for k in copies) >= 145
 
 
-def test_domain_classifier_balanced_against_many_source_rows():
-    # Trained on 400 source rows vs 100 target rows, class weighting keeps p(target) calibrated to
-    # equal priors: the target side scores above 1/2 on average, the far source side far below it.
-    source, target = _shifted_gaussians(1)
+def test_domain_classifier_is_balanced_against_many_source_rows():
+    # Source N(0, 1), target N(2, 1), 20x more source rows. With equal class weight the Bayes
+    # posterior at the midpoint x = 1 is 1/2 (the density ratio is 1 there); unweighted it would be
+    # about 1/21.
+    rng = np.random.default_rng(1)
+    source = rng.normal(size=(4000, 1))
+    target = rng.normal(size=(200, 1)) + 2.0
     model = domain_classifier.fit_domain_classifier(source, target)
-    assert model.predict_proba(target)[:, 1].mean() > 0.5
-    assert model.predict_proba(source[:200])[:, 1].mean() < 0.1
+    p_mid, p_far = model.predict_proba(np.array([[1.0], [-1.0]]))[:, 1]
+    assert 0.4 < p_mid < 0.6
+    assert p_far < 0.05
 
 
 def test_select_top_examples_is_deterministic_and_checks_inputs():
