@@ -1,0 +1,146 @@
+"""Importance weights w(y) = Pt(y) / Ps(y) (Ngiam et al. 2018, section 3.3).
+
+Pt(y) is the mean over TARGET images of softmax(logits / T) of the source model, computed by one
+sharded forward pass; target labels are never read (this module does not accept them). Ps(y) is
+the fraction of source examples that carry label y.
+
+Multi-label sources (JFT: about 1.26 labels per image). Ps(y) = n_y / N with n_y the number of
+examples CARRYING y and N the number of examples, so sum(Ps) > 1; this is the paper's definition
+(the share of images that show y) and keeps w comparable with the single-label case.
+Two per-example rules follow from the labels' weights:
+
+- the example's importance weight (written as `image/weight`): `"max"` (default: the weight of its
+  most over-represented-in-target label, which is also the rate it is sampled at), `"mean"`, or
+  `"first"` (its first listed label's weight);
+- its attribution for planning: every example is attributed to exactly ONE label, the one among its
+  labels with the largest w (ties: the smallest label index), so attributed counts sum to N and a
+  per-label plan applies to disjoint sets of examples. Plans record both raw and attributed counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+EXAMPLE_WEIGHT_RULES = ("max", "mean", "first")
+
+
+def target_label_distribution(
+    apply_fn: Callable[[Any, Any], Any],
+    variables: Any,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    *,
+    num_labels: int,
+    temperature: float = 2.0,
+    mesh: Any = None,
+) -> np.ndarray:
+    """Pt: masked mean over target images of softmax(apply_fn(variables, images) / temperature).
+
+    `batches` yields this process's part of each global batch (`image`, `mask`; padded examples have
+    mask False). The batch is sharded over the mesh's "data" axis (all devices of all processes by
+    default); the jitted step sums over the GLOBAL batch, so its replicated result is the same on
+    every process and so is the returned Pt. Sums are accumulated in float64 on the host.
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if mesh is None:
+        mesh = Mesh(np.array(jax.devices()), ("data",))
+    data_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    variables = jax.device_put(variables, replicated)
+    local_devices = int(np.prod(mesh.devices.shape)) // jax.process_count()
+
+    @jax.jit
+    def masked_sums(variables, images, mask):
+        logits = apply_fn(variables, images).astype(jnp.float32)
+        if logits.shape[-1] != num_labels:
+            raise ValueError(f"model gives {logits.shape[-1]} logits, expected num_labels={num_labels}")
+        probs = jax.nn.softmax(logits / temperature, axis=-1)
+        weights = mask.astype(jnp.float32)
+        return jnp.sum(probs * weights[:, None], axis=0), jnp.sum(weights)
+
+    total = np.zeros(num_labels, np.float64)
+    count = 0.0
+    for batch in batches:
+        images = np.asarray(batch["image"], np.float32)
+        mask = np.asarray(batch["mask"], bool)
+        pad = (-images.shape[0]) % local_devices  # device shards must be equal: pad, masked out
+        if pad:
+            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+            mask = np.concatenate([mask, np.zeros(pad, bool)])
+        sums, n = masked_sums(
+            variables,
+            jax.make_array_from_process_local_data(data_sharding, images),
+            jax.make_array_from_process_local_data(data_sharding, mask),
+        )
+        total += np.asarray(sums, np.float64)
+        count += float(n)
+    if count == 0:
+        raise ValueError("no unmasked target images: Pt is undefined")
+    return total / count
+
+
+def importance_weights(
+    pt: np.ndarray, label_counts: np.ndarray, num_examples: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Ps, w, excluded): Ps = count / N, w = Pt / Ps; labels with no source example are excluded (w = 0).
+
+    N is the number of source EXAMPLES, so for a multi-label source Ps sums to more than 1.
+    """
+    pt = np.asarray(pt, np.float64)
+    counts = np.asarray(label_counts, np.float64)
+    if pt.shape != counts.shape:
+        raise ValueError(f"pt has shape {pt.shape}, label_counts {counts.shape}")
+    if num_examples <= 0:
+        raise ValueError(f"num_examples must be positive, got {num_examples}")
+    ps = counts / float(num_examples)
+    excluded = counts <= 0
+    w = np.divide(pt, ps, out=np.zeros_like(pt), where=~excluded)
+    return ps, w, excluded
+
+
+def _segments(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Example index of every label entry of a CSR label list, and each example's label count."""
+    lengths = np.diff(offsets)
+    return np.repeat(np.arange(len(lengths)), lengths), lengths
+
+
+def attribute_examples(offsets: np.ndarray, labels: np.ndarray, label_weights: np.ndarray) -> np.ndarray:
+    """Label each example is attributed to for planning: its label of largest w (ties: smallest index).
+
+    `labels[offsets[i]:offsets[i+1]]` are example i's labels. Examples without labels get -1.
+    """
+    owner, lengths = _segments(offsets)
+    attributed = np.full(len(lengths), -1, np.int64)
+    if len(labels):
+        order = np.lexsort((labels, -np.asarray(label_weights, np.float64)[labels], owner))
+        first = np.ones(len(order), bool)
+        first[1:] = owner[order][1:] != owner[order][:-1]
+        attributed[owner[order][first]] = labels[order][first]
+    return attributed
+
+
+def example_weights(
+    offsets: np.ndarray, labels: np.ndarray, label_weights: np.ndarray, rule: str = "max"
+) -> np.ndarray:
+    """Per-example importance weight from its labels' weights: "max", "mean" or "first" (see module doc)."""
+    if rule not in EXAMPLE_WEIGHT_RULES:
+        raise ValueError(f"unknown example weight rule {rule!r}; known: {EXAMPLE_WEIGHT_RULES}")
+    owner, lengths = _segments(offsets)
+    entry = np.asarray(label_weights, np.float64)[labels]
+    result = np.zeros(len(lengths), np.float64)
+    has = lengths > 0
+    if rule == "max":
+        np.maximum.at(result, owner, entry)  # weights are >= 0, so 0 is a neutral start
+    elif rule == "mean":
+        result = np.bincount(owner, weights=entry, minlength=len(lengths))
+        result[has] /= lengths[has]
+    else:
+        result[has] = entry[offsets[:-1][has]]
+    return result
