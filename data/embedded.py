@@ -105,9 +105,8 @@ def _split_names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def _coverage(fonts: Sequence[str], codes: Sequence[int]) -> dict[str, frozenset[int]]:
-    candidates = frozenset(codes)
-    return {font: glyphs.font_coverage(font, candidates) for font in fonts}
+def _coverage(fonts: Sequence[str]) -> dict[str, frozenset[int]]:
+    return {font: glyphs.font_coverage(font) for font in fonts}
 
 
 def _check_groups(names: Sequence[str]) -> None:
@@ -133,7 +132,7 @@ def source_labels(config: ml_collections.ConfigDict) -> Labels:
     chars, groups, fonts = [], [], []
     for name in names:
         members = glyphs.group_members(glyphs.GROUPS[name])
-        coverage = _coverage(source_fonts, members)
+        coverage = _coverage(source_fonts)
         usable = []
         for code in members:
             drawn_by = tuple(font for font in source_fonts if code in coverage[font])
@@ -170,7 +169,7 @@ def target_labels(config: ml_collections.ConfigDict) -> tuple[list[str], Labels]
     class_names, chars, groups, fonts = [], [], [], []
     for name in names:
         members = glyphs.group_members(glyphs.GROUPS[name])
-        coverage = _coverage(target_fonts, members)
+        coverage = _coverage(target_fonts)
         group_chars = []
         for code in members:
             drawn_by = tuple(font for font in target_fonts if code in coverage[font])
@@ -322,6 +321,14 @@ def _descriptions(chars: Sequence[str]) -> list[str]:
     return [f"U+{ord(c):04X} {unicodedata.name(c)}" for c in chars]
 
 
+def _recorded_config(config: ml_collections.ConfigDict) -> dict:
+    """The config as the manifest records it: without the knobs that cannot change a byte."""
+    recorded = config.to_dict()
+    for key in ("num_workers", "chunk_size"):
+        recorded.pop(key)
+    return recorded
+
+
 def build_source(out_dir: str, config: ml_collections.ConfigDict) -> ShardSet:
     """Renders the source corpus into `out_dir` (TFRecord shards, then the manifest); returns its ShardSet."""
     began = time.time()
@@ -355,7 +362,7 @@ def build_source(out_dir: str, config: ml_collections.ConfigDict) -> ShardSet:
         hierarchy=_hierarchy(space.groups, space.chars),
         extra=dict(
             dataset="embedded_glyphs/source",
-            config=config.to_dict(),
+            config=_recorded_config(config),
             stats=stats,
             label_descriptions=_descriptions(space.chars),
             label_groups=space.groups,
@@ -403,7 +410,7 @@ def build_target(out_dir: str, config: ml_collections.ConfigDict) -> dict[str, S
             hierarchy={group: [n for n, g in zip(class_names, space.groups) if g == group] for group in dict.fromkeys(space.groups)},
             extra=dict(
                 dataset=f"embedded_glyphs/target/{split}",
-                config=config.to_dict(),
+                config=_recorded_config(config),
                 source_label_names=space.chars,
                 source_label_indices=[source_index.get(char, -1) for char in space.chars],
                 label_descriptions=_descriptions(space.chars),

@@ -88,14 +88,14 @@ def font_path(name: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def font_coverage(name: str, candidates: frozenset[int]) -> frozenset[int]:
-    """The candidate code points the font really draws: in the cmap, not `.notdef`, with outlines."""
+def font_coverage(name: str) -> frozenset[int]:
+    """The code points of all GROUPS that the font really draws: in the cmap, not `.notdef`, with outlines."""
     logging.getLogger("fontTools").setLevel(logging.ERROR)  # cm fonts: harmless timestamp warnings
     font = TTFont(font_path(name), lazy=True)
     cmap = font.getBestCmap() or {}
     glyf = font["glyf"] if "glyf" in font else None
     covered = set()
-    for code in candidates:
+    for code in sorted({code for group in GROUPS.values() for code in group_members(group)}):
         glyph_name = cmap.get(code)
         if glyph_name in (None, ".notdef") or (name in ALNUM_ONLY_FONTS and code not in _ALNUM):
             continue
@@ -106,6 +106,7 @@ def font_coverage(name: str, candidates: frozenset[int]) -> frozenset[int]:
     return frozenset(covered)
 
 
+@functools.lru_cache(maxsize=None)
 def group_members(group: Group) -> list[int]:
     """Candidate code points of a group, by range, Unicode category and name."""
     codes = []
