@@ -1,0 +1,483 @@
+"""Writes a selected dataset: evenly sized, globally shuffled, weighted TFRecord shards + manifest.
+
+Work is split BY SHARD across processes (source shard s belongs to process s % P, output shard k to
+the process whose contiguous block holds k), every random choice is seeded by the seed and a
+shard/label/position, never by the process, so any process count writes the same bytes.
+
+Phases (each resumable: a phase output that exists is complete, it was written atomically):
+
+0. scan: per owned source shard, the labels and ids of its records (a label index, no image
+   decoded; cached under `label_index_dir`, so a persistent dir makes later writes read the image
+   bytes only once); every example is attributed to one label (`selection.weights`), and the
+   shard's attributed label counts (or, for an example plan, its copies) go to a small summary file.
+1. select + spill: once every summary exists, each process computes the same global allocation:
+   the plan's exact integer draws per label (`LabelPlan.draws`), spread over shards by a
+   multivariate hypergeometric (without replacement) or multinomial (with replacement) draw seeded
+   by (seed, label). Within a shard a (seed, shard)-seeded generator picks the examples: for each
+   label the k examples with the smallest random keys (without replacement) or k uniform draws
+   (with replacement). Copy number g (shards in order, records in order) goes to output position
+   pi(g), pi a seeded Feistel bijection of [0, total): a global shuffle with O(1) state. The copies
+   of the shard, sorted by position, are spilled with their `image/weight`.
+2. assemble: output shard k holds positions [start_k, end_k) (sizes differ by at most one); it is
+   gathered from every spill file (one contiguous range each), ordered by position and written
+   atomically. Process 0 writes the manifest once every output shard exists, then removes the
+   spill files.
+
+Processes see each other's files through the shared output directory and wait for them by polling
+(no other barrier needed; a shared filesystem is required for P > 1, as for the output itself).
+Memory: the plan, the allocation (non-zero (shard, label) counts) and one shard's selected records.
+
+`image/weight` is added by appending a serialized Example holding only that feature to the source
+record: protobuf merges repeated message fields, so the parsed record is the source record plus the
+weight, without decoding or re-encoding the image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Mapping
+
+import numpy as np
+from tensorflow_datasets.proto import tf_example_pb2
+
+from data import atomic, manifest, records
+from selection import plan as plan_lib
+from selection import weights as weights_lib
+
+SHARD_NAME = "selected-{:05d}-of-{:05d}.tfrecord"
+CONFIG_NAME = "write_config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardScan:
+    """Labels (CSR) and ids of one source shard's records, in record order."""
+
+    offsets: np.ndarray
+    labels: np.ndarray
+    id_offsets: np.ndarray
+    id_blob: np.ndarray
+
+    @property
+    def num_records(self) -> int:
+        return len(self.offsets) - 1
+
+    def ids(self) -> list[bytes]:
+        blob = self.id_blob.tobytes()
+        return [blob[a:b] for a, b in zip(self.id_offsets[:-1], self.id_offsets[1:])]
+
+
+def scan_shard(path: str) -> ShardScan:
+    """Labels and ids of every record (CRC checked; the image bytes are not decoded)."""
+    offsets, labels, id_offsets, ids = [0], [], [0], []
+    proto = tf_example_pb2.Example()
+    for index, data in enumerate(records.iter_records(path)):
+        proto.ParseFromString(data)
+        feature = proto.features.feature
+        if "image/label" not in feature or "image/id" not in feature:
+            raise records.CorruptRecordError(path, index, "missing image/label or image/id")
+        labels.extend(feature["image/label"].int64_list.value)
+        offsets.append(len(labels))
+        ids.append(feature["image/id"].bytes_list.value[0])
+        id_offsets.append(id_offsets[-1] + len(ids[-1]))
+    return ShardScan(
+        offsets=np.array(offsets, np.int64),
+        labels=np.array(labels, np.int64),
+        id_offsets=np.array(id_offsets, np.int64),
+        id_blob=np.frombuffer(b"".join(ids), np.uint8),
+    )
+
+
+def _load_scan(path: str, sha: str, index_dir: str) -> ShardScan:
+    cache = os.path.join(index_dir, f"{os.path.basename(path)}.{sha[:16]}.npz")
+    if os.path.exists(cache):
+        with np.load(cache) as z:
+            return ShardScan(**{k: z[k] for k in ("offsets", "labels", "id_offsets", "id_blob")})
+    scan = scan_shard(path)
+    _save_npz(cache, **dataclasses.asdict(scan))
+    return scan
+
+
+def _save_npz(path: str, **arrays: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _wait_for(paths: list[str], timeout_s: float) -> None:
+    """Polls until every path exists: the other processes' finished phase outputs."""
+    deadline = time.monotonic() + timeout_s
+    pending = [p for p in paths if not os.path.exists(p)]
+    delay = 0.05
+    while pending:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f}s for {len(pending)} file(s), e.g. {pending[0]}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+        pending = [p for p in pending if not os.path.exists(p)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Deterministic randomness
+
+
+def permute(x: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded bijection of [0, n) applied to x: 4-round Feistel network with cycle walking."""
+    bits = max(2, int(n - 1).bit_length())
+    bits += bits % 2
+    half = np.uint64(bits // 2)
+    mask = np.uint64((1 << (bits // 2)) - 1)
+    keys = np.random.default_rng([int(seed), 0xFE157E1]).integers(0, 2**63, size=4, dtype=np.uint64)
+
+    def rounds(y: np.ndarray) -> np.ndarray:
+        left, right = y >> half, y & mask
+        for key in keys:
+            z = right ^ key
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z ^= z >> np.uint64(31)
+            left, right = right, left ^ (z & mask)
+        return (left << half) | right
+
+    y = rounds(np.asarray(x, np.uint64))
+    outside = np.flatnonzero(y >= np.uint64(n))
+    while len(outside):  # cycle walking: a bijection of [0, 2^bits) restricted to [0, n)
+        y[outside] = rounds(y[outside])
+        outside = outside[y[outside] >= np.uint64(n)]
+    return y.astype(np.int64)
+
+
+def allocate(
+    shard: np.ndarray, label: np.ndarray, count: np.ndarray, draws: np.ndarray, *, seed: int, with_replacement: bool
+) -> np.ndarray:
+    """Splits each label's integer draws over the shards holding its examples.
+
+    (shard, label, count) lists the non-zero attributed counts; returns the draws of each entry.
+    Seeded by (seed, label) only, so every process computes the same allocation.
+    """
+    order = np.lexsort((shard, label))
+    result = np.zeros(len(count), np.int64)
+    sorted_labels = label[order]
+    for y in np.flatnonzero(draws > 0):
+        lo, hi = np.searchsorted(sorted_labels, [y, y + 1])
+        if lo == hi:
+            raise ValueError(f"label {y} has {draws[y]} planned draws but no examples in the source")
+        entries = order[lo:hi]
+        rng = np.random.default_rng([int(seed), 0xA110C, int(y)])
+        colors = count[entries].astype(np.int64)
+        if with_replacement:
+            result[entries] = rng.multinomial(int(draws[y]), colors / colors.sum())
+        else:
+            result[entries] = rng.multivariate_hypergeometric(colors, int(draws[y]))
+    return result
+
+
+def choose_copies(
+    attributed: np.ndarray, label_draws: np.ndarray, *, rng: np.random.Generator, with_replacement: bool
+) -> np.ndarray:
+    """Copies per example of one shard given each label's draws in this shard (vectorised).
+
+    `attributed` is each example's label (-1: none); `label_draws[y]` the draws for label y.
+    """
+    n = len(attributed)
+    groups = np.where(attributed >= 0, attributed, len(label_draws))
+    need = np.append(label_draws, 0)
+    if with_replacement:
+        order = np.argsort(groups, kind="stable")
+        start = np.searchsorted(groups[order], np.arange(len(need)))
+        size = np.bincount(groups, minlength=len(need))
+        labels = np.repeat(np.arange(len(need)), need)
+        if np.any(size[labels] == 0):
+            raise ValueError("draws for a label without examples in this shard")
+        picks = order[start[labels] + rng.integers(0, size[labels])]
+        return np.bincount(picks, minlength=n)
+    keys = rng.random(n)
+    order = np.lexsort((keys, groups))
+    sorted_groups = groups[order]
+    rank = np.arange(n) - np.searchsorted(sorted_groups, sorted_groups)
+    if np.any(need > np.bincount(groups, minlength=len(need))):
+        raise ValueError("more draws than examples for a label in this shard (without replacement)")
+    copies = np.zeros(n, np.int64)
+    copies[order[rank < need[sorted_groups]]] = 1
+    return copies
+
+
+def _weight_suffix(weight: float) -> bytes:
+    proto = tf_example_pb2.Example()
+    proto.features.feature["image/weight"].float_list.value.append(float(weight))
+    return proto.SerializeToString(deterministic=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The writer
+
+
+@dataclasses.dataclass
+class _Job:
+    """Everything every process derives identically from the inputs."""
+
+    source: manifest.ShardSet
+    shas: list[str]
+    label_plan: plan_lib.LabelPlan | None
+    example_plan: Mapping[bytes, int] | None
+    label_weights: np.ndarray
+    rule: str
+    seed: int
+    work: str
+    index_dir: str
+    total: int = 0  # copies in the whole output, known after the allocation
+
+    def summary_path(self, s: int) -> str:
+        return os.path.join(self.work, f"summary-{s:05d}.npz")
+
+    def spill_paths(self, s: int) -> tuple[str, str]:
+        return os.path.join(self.work, f"spill-{s:05d}.bin"), os.path.join(self.work, f"spill-{s:05d}.npz")
+
+    def scan(self, s: int) -> ShardScan:
+        return _load_scan(self.source.files[s], self.shas[s], self.index_dir)
+
+    def attributed(self, scan: ShardScan) -> np.ndarray:
+        return weights_lib.attribute_examples(scan.offsets, scan.labels, self.label_weights)
+
+
+def _fingerprint(source_dir: str, label_plan, example_plan, label_weights, seed, records_per_shard, rule) -> str:
+    digest = hashlib.sha256()
+    with open(os.path.join(source_dir, manifest.MANIFEST_NAME), "rb") as handle:
+        digest.update(handle.read())
+    digest.update(json.dumps([int(seed), int(records_per_shard), rule]).encode())
+    if label_plan is not None:
+        digest.update(json.dumps([label_plan.matcher, label_plan.with_replacement]).encode())
+        for array in (label_plan.planned, label_plan.count, label_plan.weight):
+            digest.update(np.ascontiguousarray(array, np.float64).tobytes())
+    else:
+        for key in sorted(example_plan):
+            digest.update(len(key).to_bytes(4, "little") + key + int(example_plan[key]).to_bytes(8, "little"))
+    digest.update(np.ascontiguousarray(label_weights, np.float64).tobytes())
+    return digest.hexdigest()
+
+
+def _phase_scan(job: _Job, owned: list[int]) -> None:
+    for s in owned:
+        if os.path.exists(job.summary_path(s)):
+            continue
+        scan = job.scan(s)
+        attributed = job.attributed(scan)
+        if job.label_plan is not None:
+            labels, counts = np.unique(attributed[attributed >= 0], return_counts=True)
+            _save_npz(job.summary_path(s), labels=labels, counts=counts)
+        else:
+            copies = np.array([int(job.example_plan.get(i, 0)) for i in scan.ids()], np.int64)
+            _save_npz(job.summary_path(s), total=np.array(copies.sum()))
+
+
+def _allocation(job: _Job, num_shards: int) -> tuple[np.ndarray | None, np.ndarray, plan_lib.LabelPlan | None]:
+    """(per-shard per-label draws as COO, copies per shard, plan for the attributed counts)."""
+    if job.label_plan is None:
+        totals = np.zeros(num_shards, np.int64)
+        for s in range(num_shards):
+            with np.load(job.summary_path(s)) as z:
+                totals[s] = int(z["total"])
+        return None, totals, None
+    shard, label, count = [], [], []
+    for s in range(num_shards):
+        with np.load(job.summary_path(s)) as z:
+            shard.append(np.full(len(z["labels"]), s, np.int64))
+            label.append(z["labels"])
+            count.append(z["counts"])
+    shard, label, count = (np.concatenate(a) if a else np.zeros(0, np.int64) for a in (shard, label, count))
+    attributed = np.bincount(label, weights=count, minlength=len(job.label_plan.count))
+    label_plan = job.label_plan
+    if not np.array_equal(attributed, label_plan.count):
+        label_plan = plan_lib.replan(label_plan, attributed)
+    draws = label_plan.draws(job.seed)
+    entry_draws = allocate(shard, label, count, draws, seed=job.seed, with_replacement=label_plan.with_replacement)
+    totals = np.bincount(shard, weights=entry_draws, minlength=num_shards).astype(np.int64)
+    return np.stack([shard, label, entry_draws]), totals, label_plan
+
+
+def _phase_spill(job: _Job, s: int, coo, base: int, total: int, with_replacement: bool) -> None:
+    blob_path, index_path = job.spill_paths(s)
+    if os.path.exists(index_path):
+        return
+    scan = job.scan(s)
+    attributed = job.attributed(scan)
+    if job.label_plan is not None:
+        mine = coo[:, coo[0] == s]
+        label_draws = np.zeros(len(job.label_weights), np.int64)
+        label_draws[mine[1]] = mine[2]
+        rng = np.random.default_rng([int(job.seed), 0x5E1EC7ED, s])
+        copies = choose_copies(attributed, label_draws, rng=rng, with_replacement=with_replacement)
+    else:
+        copies = np.array([int(job.example_plan.get(i, 0)) for i in scan.ids()], np.int64)
+    if int(copies.sum()) != total:
+        raise AssertionError(f"shard {s}: {copies.sum()} copies, allocation says {total}")
+    weight = weights_lib.example_weights(scan.offsets, scan.labels, job.label_weights, job.rule)
+    record_of_copy = np.repeat(np.arange(len(copies)), copies)
+    positions = permute(base + np.arange(total), job.total, job.seed)
+    order = np.argsort(positions)
+    record_of_copy, positions = record_of_copy[order], positions[order]
+    chosen = {}
+    for index, data in enumerate(records.iter_records(job.source.files[s])):
+        if copies[index]:
+            chosen[index] = data + _weight_suffix(weight[index])
+    pieces = [chosen[i] for i in record_of_copy]
+    byte_offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces], dtype=np.int64)])
+    atomic.write_bytes(blob_path, b"".join(pieces))
+    has = attributed >= 0
+    owner = np.repeat(np.arange(len(copies)), np.diff(scan.offsets))
+    _save_npz(
+        index_path, positions=positions, byte_offsets=byte_offsets.astype(np.int64),
+        draws=np.bincount(attributed[has], weights=copies[has], minlength=len(job.label_weights)).astype(np.int64),
+        unique=np.bincount(attributed[has], weights=copies[has] > 0, minlength=len(job.label_weights)).astype(np.int64),
+        label_copies=np.bincount(scan.labels, weights=copies[owner], minlength=len(job.label_weights)).astype(np.int64),
+    )
+
+
+def _phase_assemble(job: _Job, k: int, bounds: np.ndarray, num_sources: int, path: str) -> None:
+    start, end = int(bounds[k]), int(bounds[k + 1])
+    positions, pieces = [], []
+    for s in range(num_sources):
+        blob_path, index_path = job.spill_paths(s)
+        with np.load(index_path) as z:
+            lo, hi = np.searchsorted(z["positions"], [start, end])
+            if lo == hi:
+                continue
+            positions.append(z["positions"][lo:hi])
+            offsets = z["byte_offsets"][lo : hi + 1]
+        with open(blob_path, "rb") as handle:
+            handle.seek(int(offsets[0]))
+            chunk = handle.read(int(offsets[-1] - offsets[0]))
+        rel = offsets - offsets[0]
+        pieces.extend(chunk[a:b] for a, b in zip(rel[:-1], rel[1:]))
+    order = np.argsort(np.concatenate(positions)) if positions else np.zeros(0, np.int64)
+    if len(order) != end - start:
+        raise AssertionError(f"output shard {k}: gathered {len(order)} records, expected {end - start}")
+    records.write_tfrecord(path, (pieces[i] for i in order))
+
+
+def write_selected(
+    source_dir: str,
+    plan: plan_lib.LabelPlan | np.ndarray | Mapping[bytes, int],
+    out_dir: str,
+    *,
+    records_per_shard: int,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    example_weight_rule: str = "max",
+    label_weights: np.ndarray | None = None,
+    label_index_dir: str | None = None,
+    wait_timeout_s: float = 24 * 3600.0,
+) -> manifest.ShardSet:
+    """Writes the selection `plan` of the shard set at `source_dir` to `out_dir`; returns its manifest.
+
+    `plan`: a `LabelPlan` (re-planned for the attributed counts of a multi-label source), per-label
+    planned draws over the source labels (`plan.from_planned`: each label's rate is kept), or
+    example id -> copies. Each record gets `image/weight` from `label_weights` (default: the
+    LabelPlan's w; 1.0 for other plans) by `example_weight_rule`. Every process calls this with the
+    same arguments; all return the manifest. Re-running resumes; a different plan or seed for the
+    same `out_dir` is refused while its partial output exists.
+    """
+    if records_per_shard <= 0:
+        raise ValueError(f"records_per_shard must be positive, got {records_per_shard}")
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} outside [0, {process_count})")
+    if example_weight_rule not in weights_lib.EXAMPLE_WEIGHT_RULES:
+        raise ValueError(f"unknown example_weight_rule {example_weight_rule!r}")
+    source = manifest.load_manifest(source_dir, verify=False)
+    raw_manifest = atomic.read_json(os.path.join(source_dir, manifest.MANIFEST_NAME))
+    shas = [entry["sha256"] for entry in raw_manifest["files"]]
+
+    label_plan, example_plan = None, None
+    if isinstance(plan, plan_lib.LabelPlan):
+        label_plan = plan
+    elif isinstance(plan, np.ndarray):
+        label_plan = plan_lib.from_planned(source.label_names, np.asarray(source.label_counts), plan)
+    else:
+        example_plan = plan
+    if label_plan is not None and len(label_plan.count) != source.num_labels:
+        raise ValueError(f"plan has {len(label_plan.count)} labels, the source {source.num_labels}")
+    if label_weights is None:
+        use_plan_w = label_plan is not None and label_plan.matcher != "given"
+        label_weights = label_plan.weight if use_plan_w else np.ones(source.num_labels)
+    label_weights = np.asarray(label_weights, np.float64)
+
+    fingerprint = _fingerprint(source_dir, label_plan, example_plan, label_weights, seed, records_per_shard,
+                               example_weight_rule)
+    os.makedirs(out_dir, exist_ok=True)
+    config_path = os.path.join(out_dir, CONFIG_NAME)
+    if os.path.exists(config_path) and atomic.read_json(config_path)["fingerprint"] != fingerprint:
+        raise ValueError(f"{out_dir} holds a write of a different plan/seed/source; remove it to restart")
+    manifest_path = os.path.join(out_dir, manifest.MANIFEST_NAME)
+    if os.path.exists(manifest_path):
+        return manifest.load_manifest(out_dir, verify=False)
+    if process_index == 0 and not os.path.exists(config_path):
+        atomic.write_json(config_path, {"fingerprint": fingerprint, "source_dir": os.path.abspath(source_dir)})
+    work = os.path.join(out_dir, f"_work-{fingerprint[:16]}")
+    job = _Job(source, shas, label_plan, example_plan, label_weights, example_weight_rule, int(seed), work,
+               label_index_dir or os.path.join(work, "index"))
+    num_sources = len(source.files)
+    owned = list(range(process_index, num_sources, process_count))
+
+    _phase_scan(job, owned)
+    _wait_for([job.summary_path(s) for s in range(num_sources)], wait_timeout_s)
+    coo, totals, realised_plan = _allocation(job, num_sources)
+    with_replacement = realised_plan.with_replacement if realised_plan is not None else False
+    job.total = int(totals.sum())
+    bases = np.concatenate([[0], np.cumsum(totals)])
+    for s in owned:
+        _phase_spill(job, s, coo, int(bases[s]), int(totals[s]), with_replacement)
+    _wait_for([job.spill_paths(s)[1] for s in range(num_sources)], wait_timeout_s)
+
+    num_out = -(-job.total // records_per_shard)
+    sizes = np.full(num_out, job.total // max(num_out, 1), np.int64)
+    sizes[: job.total - int(sizes.sum())] += 1
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    paths = [os.path.join(out_dir, SHARD_NAME.format(k, num_out)) for k in range(num_out)]
+    for k in range(num_out * process_index // process_count, num_out * (process_index + 1) // process_count):
+        if not os.path.exists(paths[k]):
+            _phase_assemble(job, k, bounds, num_sources, paths[k])
+    _wait_for(paths, wait_timeout_s)
+
+    if process_index == 0:
+        _write_manifest(job, out_dir, paths, sizes, realised_plan, fingerprint, records_per_shard)
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        _wait_for([manifest_path], wait_timeout_s)
+    return manifest.load_manifest(out_dir, verify=False)
+
+
+def _write_manifest(job, out_dir, paths, sizes, realised_plan, fingerprint, records_per_shard) -> None:
+    num_labels = len(job.label_weights)
+    draws, unique, label_copies = (np.zeros(num_labels, np.int64) for _ in range(3))
+    for s in range(len(job.source.files)):
+        with np.load(job.spill_paths(s)[1]) as z:
+            draws += z["draws"]
+            unique += z["unique"]
+            label_copies += z["label_copies"]
+    extra = {
+        "fingerprint": fingerprint, "seed": job.seed, "records_per_shard": int(records_per_shard),
+        "example_weight_rule": job.rule, "source_dir": os.path.abspath(job.source.directory),
+        "source_records": job.source.num_records, "total_copies": int(job.total),
+        "unique_examples": int(unique.sum()),
+        "realised": {"draws": draws.tolist(), "unique": unique.tolist()},
+    }
+    if realised_plan is not None:
+        extra["plan"] = {
+            **realised_plan.summary(), "count": realised_plan.count.tolist(),
+            "raw_count": realised_plan.raw_count.tolist(), "planned": realised_plan.planned.tolist(),
+            "expected_unique": realised_plan.unique.tolist(),
+        }
+    else:
+        extra["plan"] = {"matcher": "examples", "size": int(job.total)}
+    manifest.write_manifest(out_dir, paths, [int(n) for n in sizes], job.source.label_names,
+                            label_copies.tolist(), hierarchy=job.source.hierarchy, extra=extra)

@@ -1,0 +1,187 @@
+"""The selected-shard writer: exact sizes, no repeats without replacement, weights, resume, and a
+2-process write (separate OS processes sharing the output dir) equal to a 1-process write."""
+
+import collections
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data import manifest, records
+from selection import plan as plan_lib
+from selection import weights as weights_lib
+from selection import write
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LABELS = [f"L{i}" for i in range(12)]
+
+
+def make_source(directory: str, *, shards: int = 5, per_shard: int = 40, seed: int = 0, multi: bool = True) -> None:
+    """A small multi-label source shard set; payloads are opaque bytes (the writer never decodes them)."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(directory, exist_ok=True)
+    files, counts, label_counts = [], [], np.zeros(len(LABELS), np.int64)
+    for s in range(shards):
+        examples = []
+        for i in range(per_shard):
+            k = int(rng.integers(1, 3)) if multi else 1
+            labels = tuple(int(v) for v in rng.choice(len(LABELS), size=k, replace=False, p=_label_p()))
+            label_counts[list(labels)] += 1
+            examples.append(records.Example(image=rng.bytes(20), labels=labels, example_id=f"s{s}-{i}".encode()))
+        path = os.path.join(directory, f"source-{s:05d}.tfrecord")
+        records.write_tfrecord(path, [records.encode_example(e) for e in examples])
+        files.append(path)
+        counts.append(per_shard)
+    manifest.write_manifest(directory, files, counts, LABELS, label_counts.tolist(),
+                            hierarchy={"root": LABELS[:6]})
+
+
+def _label_p():
+    p = np.linspace(3, 1, len(LABELS))
+    return p / p.sum()
+
+
+def read_all(directory: str) -> list[records.Example]:
+    shard_set = manifest.load_manifest(directory)
+    return [records.decode_example(r) for f in shard_set.files for r in records.iter_records(f)]
+
+
+def make_label_plan(source_dir: str, matcher: str, size: float) -> plan_lib.LabelPlan:
+    src = manifest.load_manifest(source_dir)
+    pt = np.random.default_rng(5).dirichlet(np.ones(len(LABELS)))
+    return plan_lib.make_plan(matcher, label_names=src.label_names, counts=np.asarray(src.label_counts), pt=pt,
+                              size=size, num_examples=src.num_records)
+
+
+@pytest.fixture(scope="module")
+def source_dir(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("source"))
+    make_source(directory)
+    return directory
+
+
+def test_permute_is_a_bijection():
+    for n in (1, 2, 7, 1000, 4097):
+        out = write.permute(np.arange(n), n, seed=3)
+        assert sorted(out.tolist()) == list(range(n))
+    assert not np.array_equal(write.permute(np.arange(100), 100, 1), write.permute(np.arange(100), 100, 2))
+
+
+def test_choose_copies_exact_counts():
+    rng = np.random.default_rng(0)
+    attributed = rng.integers(-1, 5, size=200)
+    available = np.bincount(attributed[attributed >= 0], minlength=5)
+    need = np.minimum(available, [3, 0, 7, 100, 1])
+    copies = write.choose_copies(attributed, need, rng=rng, with_replacement=False)
+    assert copies.max() <= 1 and np.all(copies[attributed < 0] == 0)
+    assert np.array_equal(np.bincount(attributed[attributed >= 0], weights=copies[attributed >= 0], minlength=5), need)
+    heavy = write.choose_copies(attributed, need * 5, rng=rng, with_replacement=True)
+    assert np.array_equal(np.bincount(attributed[attributed >= 0], weights=heavy[attributed >= 0], minlength=5),
+                          need * 5)
+
+
+def test_elastic_write_exact_size_no_repeats_and_weights(source_dir, tmp_path):
+    plan = make_label_plan(source_dir, "elastic", 90)
+    out = write.write_selected(source_dir, plan, str(tmp_path / "out"), records_per_shard=25, seed=1,
+                               process_index=0, process_count=1)
+    examples = read_all(str(tmp_path / "out"))
+    assert len(examples) == 90 == out.num_records
+    assert out.record_counts == [23, 23, 22, 22]  # evenly sized
+    ids = [e.example_id for e in examples]
+    assert len(set(ids)) == len(ids)
+    # every example's weight is the max w over its labels (the default rule), stored as float32
+    for e in examples:
+        assert e.weight == pytest.approx(max(plan.weight[list(e.labels)]), rel=1e-6)
+    # realised per-label draws = the integer plan for the ATTRIBUTED counts
+    attributed = collections.Counter(int(weights_lib.attribute_examples(
+        np.array([0, len(e.labels)]), np.array(e.labels), plan.weight)[0]) for e in examples)
+    assert [attributed.get(y, 0) for y in range(len(LABELS))] == out.extra["realised"]["draws"]
+    assert sum(out.extra["plan"]["count"]) == 200  # attributed counts: one label per example
+    assert out.label_counts == np.bincount([y for e in examples for y in e.labels], minlength=12).tolist()
+    assert not any(name.startswith("_work") for name in os.listdir(tmp_path / "out"))
+
+
+def test_same_write_exact_size_and_deterministic(source_dir, tmp_path):
+    plan = make_label_plan(source_dir, "same", 333)
+    a = write.write_selected(source_dir, plan, str(tmp_path / "a"), records_per_shard=100, seed=7,
+                             process_index=0, process_count=1)
+    b = write.write_selected(source_dir, plan, str(tmp_path / "b"), records_per_shard=100, seed=7,
+                             process_index=0, process_count=1)
+    assert a.num_records == 333
+    assert [open(f, "rb").read() for f in a.files] == [open(f, "rb").read() for f in b.files]
+    c = write.write_selected(source_dir, plan, str(tmp_path / "c"), records_per_shard=100, seed=8,
+                             process_index=0, process_count=1)
+    assert [open(f, "rb").read() for f in a.files] != [open(f, "rb").read() for f in c.files]
+    counts = collections.Counter(e.example_id for e in read_all(str(tmp_path / "a")))
+    assert max(counts.values()) > 1  # with replacement: repeats happen at 333 draws from 200 examples
+
+
+def test_example_plan_and_resume(source_dir, tmp_path):
+    wanted = {b"s0-1": 3, b"s2-5": 1, b"s4-39": 2}
+    out_dir = str(tmp_path / "ex")
+    shard_set = write.write_selected(source_dir, wanted, out_dir, records_per_shard=4, seed=0,
+                                     process_index=0, process_count=1)
+    assert collections.Counter(e.example_id for e in read_all(out_dir)) == wanted
+    assert all(e.weight == 1.0 for e in read_all(out_dir))
+    # an interrupted write: manifest and one shard gone, a stale temp file left; re-running completes it
+    first = open(shard_set.files[0], "rb").read()
+    os.remove(os.path.join(out_dir, manifest.MANIFEST_NAME))
+    os.remove(shard_set.files[0])
+    open(shard_set.files[1] + ".tmp", "wb").write(b"half")
+    again = write.write_selected(source_dir, wanted, out_dir, records_per_shard=4, seed=0,
+                                 process_index=0, process_count=1)
+    assert open(again.files[0], "rb").read() == first
+    manifest.load_manifest(out_dir)  # sha256s verify
+    with pytest.raises(ValueError, match="different plan"):
+        write.write_selected(source_dir, {b"s0-1": 1}, out_dir, records_per_shard=4, seed=0,
+                             process_index=0, process_count=1)
+
+
+def test_array_plan_keeps_rates(source_dir, tmp_path):
+    src = manifest.load_manifest(source_dir)
+    planned = np.zeros(len(LABELS))
+    planned[[0, 3]] = np.asarray(src.label_counts)[[0, 3]]  # every example carrying label 0 or 3... by rate
+    out = write.write_selected(source_dir, planned, str(tmp_path / "arr"), records_per_shard=50, seed=0,
+                               process_index=0, process_count=1)
+    examples = read_all(str(tmp_path / "arr"))
+    assert len({e.example_id for e in examples}) == len(examples) == out.num_records > 0
+    assert all(e.weight == 1.0 for e in examples)
+
+
+def test_appended_weight_overrides_source_weight():
+    record = records.encode_example(records.Example(b"img", (1, 2), b"id", weight=0.25))
+    decoded = records.decode_example(record + write._weight_suffix(3.5))
+    assert decoded == records.Example(b"img", (1, 2), b"id", weight=3.5)
+
+
+_CHILD = """
+import sys, numpy as np
+sys.path.insert(0, {root!r})
+from tests.test_selection_write import make_label_plan
+from selection import write
+plan = make_label_plan({src!r}, {matcher!r}, {size})
+write.write_selected({src!r}, plan, {out!r}, records_per_shard=30, seed=11,
+                     process_index=int(sys.argv[1]), process_count=int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("matcher,size", [("same", 260), ("elastic", 150)])
+def test_two_process_write_equals_one_process_write(source_dir, tmp_path, matcher, size):
+    outs = {}
+    for count in (1, 2):
+        out = str(tmp_path / f"p{count}")
+        script = _CHILD.format(root=ROOT, src=source_dir, matcher=matcher, size=size, out=out)
+        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(i), str(count)], env=env,
+                                  stderr=subprocess.PIPE) for i in range(count)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err.decode()
+        outs[count] = manifest.load_manifest(out)
+    one, two = outs[1], outs[2]
+    assert one.num_records == size and one.record_counts == two.record_counts
+    assert [os.path.basename(f) for f in one.files] == [os.path.basename(f) for f in two.files]
+    assert [open(f, "rb").read() for f in one.files] == [open(f, "rb").read() for f in two.files]
+    assert one.extra["realised"] == two.extra["realised"] and one.label_counts == two.label_counts
