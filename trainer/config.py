@@ -15,6 +15,7 @@ def _common() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.parallelism = "jit"  # "pmap" | "jit" (jit over a Mesh with NamedSharding: the pjit path)
     c.fsdp = False  # jit only: shard parameters/optimizer state over the mesh instead of replicating
+    c.fsdp_min_size = 2**14  # arrays with fewer elements stay replicated under fsdp
     c.global_batch_size = 256
     c.steps = 0  # total training steps; when 0, `epochs` sets the duration
     c.epochs = 0.0

@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from trainer.state import TrainState
 
 DATA_AXIS = "data"
+PMAP_AXIS = "batch"  # the pmap axis the step averages over; models sync BatchNorm over it
 
 
 def data_mesh(devices: list | None = None) -> Mesh:
@@ -36,19 +37,21 @@ def fsdp_spec(shape: tuple[int, ...], num_shards: int, min_size: int = 2**14) ->
     return P()
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool) -> Any:
+def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool, min_size: int = 2**14) -> Any:
     size = mesh.shape[DATA_AXIS]
     return jax.tree.map(
-        lambda x: NamedSharding(mesh, fsdp_spec(x.shape, size) if fsdp else P()), abstract_state
+        lambda x: NamedSharding(mesh, fsdp_spec(x.shape, size, min_size) if fsdp else P()), abstract_state
     )
 
 
 class JitRunner:
     """jit with explicit shardings: the batch split over 'data', the state replicated or FSDP-sharded."""
 
-    def __init__(self, step_fn: Callable, abstract_state: TrainState, *, fsdp: bool, mesh: Mesh | None = None):
+    def __init__(
+        self, step_fn: Callable, abstract_state: TrainState, *, fsdp: bool, fsdp_min_size: int = 2**14, mesh: Mesh | None = None
+    ):
         self.mesh = mesh or data_mesh()
-        self.state_sharding = state_shardings(abstract_state, self.mesh, fsdp)
+        self.state_sharding = state_shardings(abstract_state, self.mesh, fsdp, fsdp_min_size)
         self.batch_sharding = NamedSharding(self.mesh, P(DATA_AXIS))
         replicated = NamedSharding(self.mesh, P())
         self._step = jax.jit(
@@ -101,7 +104,7 @@ def _first_replica(x: jax.Array) -> np.ndarray:
 class PmapRunner:
     """pmap over the process's local devices: the state replicated per device, the batch split per device."""
 
-    def __init__(self, step_fn: Callable, axis_name: str = "batch"):
+    def __init__(self, step_fn: Callable, axis_name: str = PMAP_AXIS):
         self.devices = jax.local_devices()
         self._mesh = Mesh(np.array(self.devices), ("replica",))
         self._sharded = NamedSharding(self._mesh, P("replica"))
@@ -144,12 +147,14 @@ class PmapRunner:
         return {k: float(_first_replica(v)) for k, v in metrics.items()}
 
 
-def make_runner(parallelism: str, step_factory: Callable[[str | None], Callable], abstract_state: Any, fsdp: bool):
+def make_runner(
+    parallelism: str, step_factory: Callable[[str | None], Callable], abstract_state: Any, fsdp: bool, fsdp_min_size: int = 2**14
+):
     """`step_factory(axis_name)` builds the step; pmap gets an axis name, jit gets None."""
     if parallelism == "pmap":
         if fsdp:
             raise ValueError("fsdp needs parallelism='jit'")
-        return PmapRunner(step_factory("batch"))
+        return PmapRunner(step_factory(PMAP_AXIS))
     if parallelism == "jit":
-        return JitRunner(step_factory(None), abstract_state, fsdp=fsdp)
+        return JitRunner(step_factory(None), abstract_state, fsdp=fsdp, fsdp_min_size=fsdp_min_size)
     raise ValueError(f"parallelism must be 'pmap' or 'jit', got {parallelism!r}")

@@ -88,7 +88,7 @@ def make_train_step(
         metrics = {
             "loss": loss,
             "accuracy": jnp.mean(losses.top1_correct(logits, batch["labels"]).astype(jnp.float32)),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
         }
         return new_state, mean_over_devices(metrics)

@@ -25,7 +25,7 @@ from data import atomic, manifest
 from trainer import metrics as metrics_lib
 from trainer import optim, schedules, warm_start
 from trainer.checkpoint import Checkpointer
-from trainer.parallel import make_runner
+from trainer.parallel import PMAP_AXIS, make_runner
 from trainer.state import create_state
 from trainer.step import make_train_step
 
@@ -94,6 +94,7 @@ def fit(
         lambda axis_name: make_train_step(model, config, tx, schedule, axis_name),
         abstract,
         bool(config.fsdp),
+        int(config.fsdp_min_size),
     )
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, every_steps=config.checkpoint_every_steps)
     iterator = make_iterator()
@@ -195,6 +196,10 @@ def prepare_model_config(
     momentum = schedules.resolve_bn_momentum(config, num_records)
     if momentum is not None:
         model_config.bn_momentum = momentum
+    if "bn_axis_name" in model_config:  # cross-device BatchNorm under pmap (jit sees the global batch)
+        model_config.bn_axis_name = PMAP_AXIS if config.parallelism == "pmap" else None
+    elif config.parallelism == "pmap":
+        logging.warning("model has no bn_axis_name: under pmap BatchNorm normalises per device")
     return model_config
 
 

@@ -1,0 +1,206 @@
+"""Trainer pieces in isolation: LR schedule, durations, optimisers, losses, EMA, NaN guard, init_from, frozen backbone."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tests.trainer_testlib import MemoryIterator, SmallCNN, random_data, tiny_config
+from trainer import checkpoint, config as config_lib, losses, metrics, optim, schedules, warm_start
+from trainer.state import create_state
+from trainer.step import make_train_step
+from trainer.train import fit
+
+
+def test_schedule_values_at_key_steps():
+    pre = schedules.warmup_cosine(0.4, 20_000, 2_000_000)
+    assert float(pre(0)) == 0.0
+    assert float(pre(10_000)) == pytest.approx(0.2)
+    assert float(pre(20_000)) == pytest.approx(0.4)
+    assert float(pre(1_010_000)) == pytest.approx(0.2, rel=1e-5)  # half-way through the cosine
+    assert float(pre(2_000_000)) == pytest.approx(0.0, abs=1e-7)
+    assert float(pre(3_000_000)) == pytest.approx(0.0, abs=1e-7)
+    fine = schedules.warmup_cosine(0.01, 2_000, 20_000, end=0.001)
+    assert float(fine(1_000)) == pytest.approx(0.005)
+    assert float(fine(11_000)) == pytest.approx(0.0055, rel=1e-5)
+    assert float(fine(20_000)) == pytest.approx(0.001, rel=1e-5)
+
+
+def test_durations_and_bn_momentum():
+    c = config_lib.finetune_config()
+    assert schedules.resolve_steps(c, 1000) == (20_000, 2_000)
+    c.steps, c.epochs, c.warmup_steps, c.warmup_epochs, c.global_batch_size = 0, 3.0, 0, 0.5, 100
+    assert schedules.resolve_steps(c, 1050) == (32, 6)  # ceil(3 * 10.5), ceil(0.5 * 10.5)
+    c.bn_momentum = "auto"
+    assert schedules.resolve_bn_momentum(c, 1000) == 0.9  # s = 10 -> max(0, 0.9)
+    assert schedules.resolve_bn_momentum(c, 100_000) == pytest.approx(0.99)  # s = 1000
+    c.bn_momentum = "model"
+    assert schedules.resolve_bn_momentum(c, 100_000) is None
+    p = config_lib.pretrain_config()
+    assert (p.global_batch_size, p.steps, p.warmup_steps, p.nesterov) == (1024, 2_000_000, 20_000, True)
+
+
+def test_tf1_rmsprop_matches_reference():
+    lr = lambda count: 0.1 / (1.0 + count)  # noqa: E731 (a changing lr shows where it is applied)
+    tx = optax.chain(optim.scale_by_tf1_rmsprop(lr, decay=0.9, momentum=0.9, epsilon=1.0), optax.scale(-1.0))
+    w = jnp.array([1.0, -2.0])
+    state = tx.init(w)
+    ms, mom, ref = np.ones(2), np.zeros(2), np.array([1.0, -2.0])
+    for t, g in enumerate([np.array([0.5, 1.0]), np.array([-1.0, 2.0]), np.array([3.0, 0.1])]):
+        updates, state = tx.update(jnp.asarray(g, jnp.float32), state, w)
+        w = optax.apply_updates(w, updates)
+        ms = 0.9 * ms + 0.1 * g**2
+        mom = 0.9 * mom + lr(t) * g / np.sqrt(ms + 1.0)
+        ref = ref - mom
+        np.testing.assert_allclose(np.asarray(w), ref, rtol=1e-6)
+
+
+def _one_update(c, grads, params, steps=1):
+    tx = optim.build_optimizer(c, lambda count: jnp.float32(0.5))
+    state = tx.init(params)
+    for _ in range(steps):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+def test_sgd_nesterov_and_weight_decay_modes():
+    params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,))}
+    grads = {"w": jnp.full((2, 2), 0.2), "b": jnp.full((2,), 0.2)}
+    c = config_lib.pretrain_config()
+    c.weight_decay, c.momentum = 0.0, 0.9
+    out = _one_update(c, grads, params, steps=2)
+    # Nesterov: m1 = g, u1 = g + 0.9 g; m2 = 1.9 g, u2 = g + 0.9 * 1.9 g
+    np.testing.assert_allclose(out["w"], 1 - 0.5 * 0.2 * (1.9 + 2.71), rtol=1e-6)
+    c.weight_decay, c.nesterov = 0.1, False
+    c.weight_decay_mode = "l2"
+    l2 = _one_update(c, grads, params)
+    np.testing.assert_allclose(l2["w"], 1 - 0.5 * (0.2 + 0.1), rtol=1e-6)
+    np.testing.assert_allclose(l2["b"], 1 - 0.5 * 0.2, rtol=1e-6)  # no decay on biases
+    c.weight_decay_mode = "decoupled"
+    l2 = _one_update(c, {"w": jnp.zeros((2, 2)), "b": jnp.zeros(2)}, params, steps=2)
+    # momentum never sees the decay: each step moves w by lr * wd * w
+    np.testing.assert_allclose(l2["w"], (1 - 0.05) ** 2, rtol=1e-6)
+
+
+def test_rmsprop_decoupled_uses_schedule():
+    c = config_lib.pretrain_config()
+    c.optimizer, c.weight_decay, c.weight_decay_mode = "rmsprop", 0.1, "decoupled"
+    out = _one_update(c, {"w": jnp.zeros((2, 2))}, {"w": jnp.ones((2, 2))})
+    np.testing.assert_allclose(out["w"], 1 - 0.5 * 0.1, rtol=1e-6)
+
+
+def test_losses_multi_label_smoothing_weights():
+    labels = jnp.array([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    t = losses.soft_targets(labels, 0.1)
+    np.testing.assert_allclose(t[0], [0.475, 0.475, 0.025, 0.025], rtol=1e-6)
+    np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
+    logits = jnp.array([[2.0, 1.0, 0.0, -1.0], [0.0, 0.0, 3.0, 0.0]])
+    ce = losses.per_example_loss(logits, labels, kind="softmax", label_smoothing=0.1)
+    logp = jax.nn.log_softmax(logits)
+    np.testing.assert_allclose(ce, -(t * logp).sum(-1), rtol=1e-6)
+    bce = losses.per_example_loss(logits, labels, kind="sigmoid", label_smoothing=0.0)
+    p = jax.nn.sigmoid(logits)
+    np.testing.assert_allclose(bce, -(labels * jnp.log(p) + (1 - labels) * jnp.log(1 - p)).sum(-1), rtol=1e-5)
+    assert float(losses.weighted_mean(jnp.array([1.0, 3.0]), jnp.array([2.0, 0.0]))) == 1.0
+    np.testing.assert_array_equal(losses.top1_correct(logits, labels), [True, True])
+
+
+def _step_setup(c, model):
+    images, labels = random_data(32, num_classes=4)
+    it = MemoryIterator(images, labels, 16, 4)
+    schedule = schedules.warmup_cosine(float(c.learning_rate), 1, 10)
+    tx = optim.build_optimizer(c, schedule)
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False)
+    state = create_state(variables, tx, jax.random.PRNGKey(1), c.ema_decay > 0)
+    return jax.jit(make_train_step(model, c, tx, schedule)), state, it
+
+
+def test_ema_tracks_tf_formula():
+    c = tiny_config(config_lib.pretrain_config(), ema_decay=0.9, learning_rate=0.5)
+    step, state, it = _step_setup(c, SmallCNN())
+    expected = jax.tree.map(np.asarray, state.params)
+    expected_stats = jax.tree.map(np.asarray, state.batch_stats)
+    for t in range(4):
+        state, _ = step(state, next(it))
+        d = min(0.9, (1 + t) / (10 + t))
+        expected = jax.tree.map(lambda e, p: d * e + (1 - d) * np.asarray(p), expected, state.params)
+        expected_stats = jax.tree.map(lambda e, p: d * e + (1 - d) * np.asarray(p), expected_stats, state.batch_stats)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), state.ema_params, expected)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), state.ema_batch_stats, expected_stats)
+    assert not np.allclose(state.ema_params["head"]["kernel"], state.params["head"]["kernel"])
+
+
+def test_aux_loss_is_weighted_in():
+    c = tiny_config(config_lib.pretrain_config(), label_smoothing=0.0, ema_decay=0.0)
+    model = SmallCNN(aux_head=True)
+    step, state, it = _step_setup(c, model)
+    batch = next(it)
+    outputs, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=True, mutable=["batch_stats"])
+    main = optax.softmax_cross_entropy(outputs["logits"], batch["labels"]).mean()
+    aux = optax.softmax_cross_entropy(outputs["aux_logits"], batch["labels"]).mean()
+    _, m = step(state, batch)
+    assert float(m["loss"]) == pytest.approx(float(main + 0.4 * aux), rel=1e-5)
+
+
+def test_frozen_backbone_trains_only_head():
+    c = tiny_config(config_lib.finetune_config(), freeze_backbone=True, weight_decay=1e-2, learning_rate=0.5)
+    step, state, it = _step_setup(c, SmallCNN())
+    before = jax.tree.map(np.asarray, state)
+    for _ in range(3):
+        state, _ = step(state, next(it))
+    np.testing.assert_array_equal(state.params["conv0"]["kernel"], before.params["conv0"]["kernel"])
+    np.testing.assert_array_equal(state.batch_stats["bn0"]["mean"], before.batch_stats["bn0"]["mean"])
+    assert not np.allclose(state.params["head"]["kernel"], before.params["head"]["kernel"])
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
+    c = tiny_config(config_lib.finetune_config(), warmup_steps=1)
+    images, labels = random_data(16 * 10)
+    images[16 * 7 + 3] = np.nan  # the 8th batch carries a NaN
+    with pytest.raises(metrics.NonFiniteLossError, match="at step 8.*checkpoint at step 5 kept"):
+        fit(c, model=SmallCNN(), make_iterator=lambda: MemoryIterator(images, labels, 16, 4), total_steps=20,
+            warmup_steps=1, workdir=str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["5"]
+    assert not (tmp_path / "final.json").exists()
+    good = checkpoint.load_variables(str(tmp_path), use_ema=False)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(good))
+
+
+def _run(workdir, c, model, steps=4, init_from=None, num_classes=4):
+    images, labels = random_data(64, num_classes=num_classes)
+    return fit(c, model=model, make_iterator=lambda: MemoryIterator(images, labels, 16, num_classes), total_steps=steps,
+               warmup_steps=1, workdir=str(workdir), init_from=init_from)
+
+
+def test_init_from_replaces_head_keeps_backbone(tmp_path):
+    pre = tiny_config(config_lib.pretrain_config(), ema_decay=0.0)
+    result = _run(tmp_path / "pre", pre, SmallCNN(num_classes=4))
+    assert json.loads((tmp_path / "pre" / "final.json").read_text())["steps"] == result["steps"] == 4
+    source = checkpoint.load_variables(str(tmp_path / "pre"), use_ema=False)
+    fresh = SmallCNN(num_classes=6).init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+    merged, reinit = warm_start.merge_pretrained(jax.device_get(fresh), source, "auto")
+    assert reinit == ["head"]
+    np.testing.assert_array_equal(merged["params"]["conv1"]["kernel"], source["params"]["conv1"]["kernel"])
+    np.testing.assert_array_equal(merged["batch_stats"]["bn0"]["var"], source["batch_stats"]["bn0"]["var"])
+    assert merged["params"]["head"]["kernel"].shape == (16, 6)
+    same, reinit = warm_start.merge_pretrained(jax.device_get(SmallCNN(num_classes=4).init(jax.random.PRNGKey(5), jnp.zeros((1, 16, 16, 3)))), source, "always")
+    assert reinit == ["head"] and not np.allclose(same["params"]["head"]["kernel"], source["params"]["head"]["kernel"])
+    with pytest.raises(ValueError, match="reinit_head='never'"):
+        warm_start.merge_pretrained(jax.device_get(fresh), source, "never")
+    # fine-tuning through the loop: 0 learning-rate steps leave the loaded backbone as it was
+    fine = tiny_config(config_lib.finetune_config(), learning_rate=0.0, bn_momentum="model")
+    _run(tmp_path / "fine", fine, SmallCNN(num_classes=6, bn_momentum=1.0), steps=2, init_from=str(tmp_path / "pre"), num_classes=6)
+    tuned = checkpoint.load_variables(str(tmp_path / "fine"), use_ema=False)
+    np.testing.assert_array_equal(tuned["params"]["conv0"]["kernel"], source["params"]["conv0"]["kernel"])
+    assert tuned["params"]["head"]["kernel"].shape == (16, 6)
+
+
+def test_finished_run_returns_at_once(tmp_path):
+    c = tiny_config(config_lib.finetune_config())
+    first = _run(tmp_path, c, SmallCNN(), steps=2)
+    assert _run(tmp_path, c, SmallCNN(), steps=2) == json.loads((tmp_path / "final.json").read_text()) == json.loads(json.dumps(first))
