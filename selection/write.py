@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import time
 from collections.abc import Mapping
 
@@ -71,11 +72,42 @@ class ShardScan:
         return [blob[a:b] for a, b in zip(self.id_offsets[:-1], self.id_offsets[1:])]
 
 
+_HEADER = struct.Struct("<QI")
+_CRC = struct.Struct("<I")
+
+
+def read_shard(path: str) -> list[bytes]:
+    """All records of one TFRecord file, CRC checked, from one sequential read of the whole file.
+
+    The same checks as `data.records.iter_records` with a fraction of its per-record cost (no
+    seek/read per record), which dominates for small records; memory is one shard.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    out, pos, end = [], 0, len(data)
+    crc = records._masked_crc  # the format's checksum, shared with the reader/writer
+    while pos < end:
+        if pos + 12 > end:
+            raise records.CorruptRecordError(path, len(out), "truncated record header")
+        length, length_crc = _HEADER.unpack_from(data, pos)
+        if length_crc != crc(data[pos : pos + 8]):
+            raise records.CorruptRecordError(path, len(out), "length CRC mismatch")
+        start, stop = pos + 12, pos + 12 + length
+        if stop + 4 > end:
+            raise records.CorruptRecordError(path, len(out), "truncated record data")
+        record = data[start:stop]
+        if _CRC.unpack_from(data, stop)[0] != crc(record):
+            raise records.CorruptRecordError(path, len(out), "data CRC mismatch")
+        out.append(record)
+        pos = stop + 4
+    return out
+
+
 def scan_shard(path: str) -> ShardScan:
     """Labels and ids of every record (CRC checked; the image bytes are not decoded)."""
     offsets, labels, id_offsets, ids = [0], [], [0], []
     proto = tf_example_pb2.Example()
-    for index, data in enumerate(records.iter_records(path)):
+    for index, data in enumerate(read_shard(path)):
         proto.ParseFromString(data)
         feature = proto.features.feature
         if "image/label" not in feature or "image/id" not in feature:
@@ -321,10 +353,9 @@ def _phase_spill(job: _Job, s: int, coo, base: int, total: int, with_replacement
     positions = permute(base + np.arange(total), job.total, job.seed)
     order = np.argsort(positions)
     record_of_copy, positions = record_of_copy[order], positions[order]
-    chosen = {}
-    for index, data in enumerate(records.iter_records(job.source.files[s])):
-        if copies[index]:
-            chosen[index] = data + _weight_suffix(weight[index])
+    source_records = read_shard(job.source.files[s])
+    chosen = {i: source_records[i] + _weight_suffix(weight[i]) for i in np.flatnonzero(copies).tolist()}
+    del source_records
     pieces = [chosen[i] for i in record_of_copy]
     byte_offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces], dtype=np.int64)])
     atomic.write_bytes(blob_path, b"".join(pieces))

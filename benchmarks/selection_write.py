@@ -1,0 +1,144 @@
+"""Write-pass throughput on a label-only synthetic corpus, against raw sequential disk bandwidth.
+
+Builds a multi-label corpus of small records (a `--payload`-byte opaque image, 18,291 labels,
+1.26 labels per example on average), then times `selection.write.write_selected` for the
+same-distribution plan at `--fraction` of the corpus with 1 and with `--processes` OS processes
+(each given its part, sharing the output dir), and a dd-like sequential write (fsync) and read of a
+file of the corpus's size in the same run.
+
+  .venv/bin/python benchmarks/selection_write.py --examples=2000000 --dir=/tmp/selbench
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from data import manifest, records  # noqa: E402
+from selection import plan as plan_lib  # noqa: E402
+
+
+def build_corpus(directory: str, examples: int, shards: int, labels: int, payload: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    os.makedirs(directory, exist_ok=True)
+    p = 1.0 / np.arange(1, labels + 1) ** 0.9
+    p /= p.sum()
+    label_counts = np.zeros(labels, np.int64)
+    files, counts = [], []
+    for s, part in enumerate(np.array_split(np.arange(examples), shards)):
+        extra = rng.random(len(part)) < 0.26  # 1.26 labels per example on average
+        first = rng.choice(labels, size=len(part), p=p)
+        second = rng.choice(labels, size=len(part), p=p)
+        blob = rng.bytes(payload)
+        out = []
+        for j, i in enumerate(part):
+            ls = (int(first[j]), int(second[j])) if extra[j] and second[j] != first[j] else (int(first[j]),)
+            label_counts[list(ls)] += 1
+            out.append(records.encode_example(records.Example(blob, ls, b"%012d" % i)))
+        path = os.path.join(directory, f"source-{s:05d}.tfrecord")
+        records.write_tfrecord(path, out)
+        files.append(path)
+        counts.append(len(part))
+    manifest.write_manifest(directory, files, counts, [f"l{i}" for i in range(labels)], label_counts.tolist())
+
+
+def disk_bandwidth(directory: str, nbytes: int) -> tuple[float, float]:
+    """MB/s of a sequential 8 MiB-block write (with fsync) and read-back of `nbytes`."""
+    path = os.path.join(directory, "dd.bin")
+    block = os.urandom(8 << 20)
+    start = time.perf_counter()
+    with open(path, "wb") as handle:
+        for _ in range(max(1, nbytes // len(block))):
+            handle.write(block)
+        handle.flush()
+        os.fsync(handle.fileno())
+    write_s = time.perf_counter() - start
+    size = os.path.getsize(path)
+    start = time.perf_counter()
+    with open(path, "rb") as handle:
+        while handle.read(8 << 20):
+            pass
+    read_s = time.perf_counter() - start
+    os.remove(path)
+    return size / write_s / 1e6, size / read_s / 1e6
+
+
+_CHILD = """
+import pickle, sys, resource, time
+sys.path.insert(0, {root!r})
+from selection import write
+plan = pickle.load(open({plan!r}, "rb"))
+start = time.perf_counter()
+write.write_selected({src!r}, plan, {out!r}, records_per_shard={rps}, seed=0,
+                     process_index=int(sys.argv[1]), process_count=int(sys.argv[2]))
+print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--examples", type=int, default=2_000_000)
+    parser.add_argument("--shards", type=int, default=64)
+    parser.add_argument("--labels", type=int, default=18_291)
+    parser.add_argument("--payload", type=int, default=100)
+    parser.add_argument("--fraction", type=float, default=80 / 300)
+    parser.add_argument("--records_per_shard", type=int, default=50_000)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--dir", default="/tmp/selection_bench")
+    args = parser.parse_args()
+
+    src = os.path.join(args.dir, "source")
+    if not os.path.exists(os.path.join(src, manifest.MANIFEST_NAME)):
+        start = time.perf_counter()
+        build_corpus(src, args.examples, args.shards, args.labels, args.payload)
+        print(f"built corpus in {time.perf_counter() - start:.0f} s")
+    source = manifest.load_manifest(src, verify=False)
+    corpus_bytes = sum(os.path.getsize(f) for f in source.files)
+    print(f"corpus: {source.num_records:,} examples, {source.num_labels} labels, {len(source.files)} shards, "
+          f"{corpus_bytes / 1e6:.0f} MB ({corpus_bytes / source.num_records:.0f} B/record)")
+
+    rng = np.random.default_rng(1)
+    plan = plan_lib.same_distribution(source.label_names, np.asarray(source.label_counts),
+                                      rng.dirichlet(np.full(source.num_labels, 0.05)),
+                                      round(args.fraction * source.num_records), num_examples=source.num_records)
+    plan_path = os.path.join(args.dir, "plan.pkl")
+    with open(plan_path, "wb") as handle:
+        pickle.dump(plan, handle)
+
+    write_mb, read_mb = disk_bandwidth(args.dir, corpus_bytes)
+    print(f"disk (dd-like, 8 MiB blocks): sequential write+fsync {write_mb:.0f} MB/s, read {read_mb:.0f} MB/s "
+          f"(read likely from page cache)")
+
+    for count in sorted({1, args.processes}):
+        out = os.path.join(args.dir, f"out_p{count}")
+        shutil.rmtree(out, ignore_errors=True)
+        script = _CHILD.format(root=ROOT, plan=plan_path, src=src, out=out, rps=args.records_per_shard)
+        start = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(i), str(count)], stdout=subprocess.PIPE)
+                 for i in range(count)]
+        outputs = [p.communicate()[0].decode().split() for p in procs]
+        wall = time.perf_counter() - start
+        assert all(p.returncode == 0 for p in procs)
+        written = manifest.load_manifest(out, verify=False)
+        out_bytes = sum(os.path.getsize(f) for f in written.files)
+        rss = max(float(o[1]) for o in outputs)
+        print(f"write_selected, {count} process(es): {wall:.1f} s wall; source read {corpus_bytes / wall / 1e6:.1f} "
+              f"MB/s = {source.num_records / wall:,.0f} source records/s; wrote {written.num_records:,} records "
+              f"({out_bytes / 1e6:.0f} MB, {len(written.files)} shards); peak RSS per process {rss:.0f} MB")
+    shutil.rmtree(os.path.join(args.dir, "out_p1"), ignore_errors=True)
+    print(f"benchmark process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
