@@ -1,5 +1,10 @@
 """Importance weights: sharded Pt equals a numpy reference, padding is ignored, Ps/w, multi-label rules."""
 
+import os
+import socket
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,3 +117,45 @@ def test_jnp_apply_fn_dtype_bfloat16_logits():
 
     pt = weights.target_label_distribution(bf16_apply, variables, _batches(images, 16), num_labels=NUM_LABELS)
     np.testing.assert_allclose(pt, _reference(apply_fn, variables, images, 2.0), atol=2e-2)
+
+
+_DISTRIBUTED_CHILD = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, {root!r})
+import jax, numpy as np
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+pid = int(sys.argv[1])
+jax.distributed.initialize(coordinator_address="localhost:{port}", num_processes=2, process_id=pid)
+from selection import weights
+from tests.test_selection_weights import _batches, _model
+apply_fn, variables = _model()
+images = np.random.default_rng(4).normal(size=(22, 4, 4, 3)).astype(np.float32)
+mine = ({{k: v[pid * 4:(pid + 1) * 4] for k, v in b.items()}} for b in _batches(images, 8, garbage_padding=True))
+pt = weights.target_label_distribution(apply_fn, variables, mine, num_labels=7)
+print("PT", jax.device_count(), " ".join(repr(float(v)) for v in pt), flush=True)
+"""
+
+
+def test_two_jax_processes_return_the_same_pt():
+    """Real jax.distributed on localhost: 2 processes x 2 CPU devices, each fed its half of every batch."""
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = _DISTRIBUTED_CHILD.format(root=root, port=port)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for i in range(2)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        line = next(l for l in out.decode().splitlines() if l.startswith("PT"))
+        results.append(line.split()[1:])
+    assert results[0] == results[1] and results[0][0] == "4"  # identical Pt, 4 devices in the mesh
+    apply_fn, variables = _model()
+    images = np.random.default_rng(4).normal(size=(22, 4, 4, 3)).astype(np.float32)
+    np.testing.assert_allclose([float(v) for v in results[0][1:]], _reference(apply_fn, variables, images, 2.0),
+                               rtol=1e-5, atol=1e-7)
