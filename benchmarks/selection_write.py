@@ -81,7 +81,7 @@ from selection import write
 plan = pickle.load(open({plan!r}, "rb"))
 start = time.perf_counter()
 write.write_selected({src!r}, plan, {out!r}, records_per_shard={rps}, seed=0,
-                     process_index=int(sys.argv[1]), process_count=int(sys.argv[2]))
+                     process_index=int(sys.argv[1]), process_count=int(sys.argv[2]), label_index_dir={index!r})
 print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
@@ -120,10 +120,14 @@ def main() -> None:
     print(f"disk (dd-like, 8 MiB blocks): sequential write+fsync {write_mb:.0f} MB/s, read {read_mb:.0f} MB/s "
           f"(read likely from page cache)")
 
-    for count in sorted({1, args.processes}):
+    index_dir = os.path.join(args.dir, "label_index")
+    shutil.rmtree(index_dir, ignore_errors=True)
+    # cold: the label index is built (two reads of the source); warm: it exists (one read)
+    for count, cache in [(1, "cold"), (1, "warm"), (args.processes, "warm")]:
         out = os.path.join(args.dir, f"out_p{count}")
         shutil.rmtree(out, ignore_errors=True)
-        script = _CHILD.format(root=ROOT, plan=plan_path, src=src, out=out, rps=args.records_per_shard)
+        script = _CHILD.format(root=ROOT, plan=plan_path, src=src, out=out, rps=args.records_per_shard,
+                               index=index_dir)
         start = time.perf_counter()
         procs = [subprocess.Popen([sys.executable, "-c", script, str(i), str(count)], stdout=subprocess.PIPE)
                  for i in range(count)]
@@ -133,10 +137,11 @@ def main() -> None:
         written = manifest.load_manifest(out, verify=False)
         out_bytes = sum(os.path.getsize(f) for f in written.files)
         rss = max(float(o[1]) for o in outputs)
-        print(f"write_selected, {count} process(es): {wall:.1f} s wall; source read {corpus_bytes / wall / 1e6:.1f} "
+        print(f"write_selected, {count} process(es), {cache} label index: {wall:.1f} s wall; source read {corpus_bytes / wall / 1e6:.1f} "
               f"MB/s = {source.num_records / wall:,.0f} source records/s; wrote {written.num_records:,} records "
               f"({out_bytes / 1e6:.0f} MB, {len(written.files)} shards); peak RSS per process {rss:.0f} MB")
     shutil.rmtree(os.path.join(args.dir, "out_p1"), ignore_errors=True)
+    shutil.rmtree(index_dir, ignore_errors=True)
     print(f"benchmark process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

@@ -134,6 +134,12 @@ def _load_scan(path: str, sha: str, index_dir: str) -> ShardScan:
     return scan
 
 
+def _save_npy(path: str, array: np.ndarray) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}.npy"
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
 def _save_npz(path: str, **arrays: np.ndarray) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}.npz"
@@ -267,8 +273,11 @@ class _Job:
     def summary_path(self, s: int) -> str:
         return os.path.join(self.work, f"summary-{s:05d}.npz")
 
-    def spill_paths(self, s: int) -> tuple[str, str]:
-        return os.path.join(self.work, f"spill-{s:05d}.bin"), os.path.join(self.work, f"spill-{s:05d}.npz")
+    def spill_paths(self, s: int) -> tuple[str, str, str, str]:
+        """Spilled records, their output positions and byte offsets (.npy, memory-mapped by readers),
+        and the shard's statistics (.npz, written last: the spill is complete when it exists)."""
+        stem = os.path.join(self.work, f"spill-{s:05d}")
+        return f"{stem}.bin", f"{stem}.positions.npy", f"{stem}.offsets.npy", f"{stem}.stats.npz"
 
     def scan(self, s: int) -> ShardScan:
         return _load_scan(self.source.files[s], self.shas[s], self.index_dir)
@@ -333,13 +342,14 @@ def _allocation(job: _Job, num_shards: int) -> tuple[np.ndarray | None, np.ndarr
 
 
 def _phase_spill(job: _Job, s: int, coo, base: int, total: int, with_replacement: bool) -> None:
-    blob_path, index_path = job.spill_paths(s)
-    if os.path.exists(index_path):
+    blob_path, positions_path, offsets_path, stats_path = job.spill_paths(s)
+    if os.path.exists(stats_path):
         return
     scan = job.scan(s)
     attributed = job.attributed(scan)
     if job.label_plan is not None:
-        mine = coo[:, coo[0] == s]
+        lo, hi = np.searchsorted(coo[0], [s, s + 1])  # entries are in shard order
+        mine = coo[:, lo:hi]
         label_draws = np.zeros(len(job.label_weights), np.int64)
         label_draws[mine[1]] = mine[2]
         rng = np.random.default_rng([int(job.seed), 0x5E1EC7ED, s])
@@ -359,10 +369,12 @@ def _phase_spill(job: _Job, s: int, coo, base: int, total: int, with_replacement
     pieces = [chosen[i] for i in record_of_copy]
     byte_offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces], dtype=np.int64)])
     atomic.write_bytes(blob_path, b"".join(pieces))
+    _save_npy(positions_path, positions)
+    _save_npy(offsets_path, byte_offsets)
     has = attributed >= 0
     owner = np.repeat(np.arange(len(copies)), np.diff(scan.offsets))
     _save_npz(
-        index_path, positions=positions, byte_offsets=byte_offsets.astype(np.int64),
+        stats_path,
         draws=np.bincount(attributed[has], weights=copies[has], minlength=len(job.label_weights)).astype(np.int64),
         unique=np.bincount(attributed[has], weights=copies[has] > 0, minlength=len(job.label_weights)).astype(np.int64),
         label_copies=np.bincount(scan.labels, weights=copies[owner], minlength=len(job.label_weights)).astype(np.int64),
@@ -373,13 +385,13 @@ def _phase_assemble(job: _Job, k: int, bounds: np.ndarray, num_sources: int, pat
     start, end = int(bounds[k]), int(bounds[k + 1])
     positions, pieces = [], []
     for s in range(num_sources):
-        blob_path, index_path = job.spill_paths(s)
-        with np.load(index_path) as z:
-            lo, hi = np.searchsorted(z["positions"], [start, end])
-            if lo == hi:
-                continue
-            positions.append(z["positions"][lo:hi])
-            offsets = z["byte_offsets"][lo : hi + 1]
+        blob_path, positions_path, offsets_path, _ = job.spill_paths(s)
+        spilled = np.load(positions_path, mmap_mode="r")  # binary search touches a few pages only
+        lo, hi = np.searchsorted(spilled, [start, end])
+        if lo == hi:
+            continue
+        positions.append(np.array(spilled[lo:hi]))
+        offsets = np.array(np.load(offsets_path, mmap_mode="r")[lo : hi + 1])
         with open(blob_path, "rb") as handle:
             handle.seek(int(offsets[0]))
             chunk = handle.read(int(offsets[-1] - offsets[0]))
@@ -467,7 +479,7 @@ def write_selected(
     bases = np.concatenate([[0], np.cumsum(totals)])
     for s in owned:
         _phase_spill(job, s, coo, int(bases[s]), int(totals[s]), with_replacement)
-    _wait_for([job.spill_paths(s)[1] for s in range(num_sources)], wait_timeout_s)
+    _wait_for([job.spill_paths(s)[3] for s in range(num_sources)], wait_timeout_s)
 
     num_out = -(-job.total // records_per_shard)
     sizes = np.full(num_out, job.total // max(num_out, 1), np.int64)
@@ -491,7 +503,7 @@ def _write_manifest(job, out_dir, paths, sizes, realised_plan, fingerprint, reco
     num_labels = len(job.label_weights)
     draws, unique, label_copies = (np.zeros(num_labels, np.int64) for _ in range(3))
     for s in range(len(job.source.files)):
-        with np.load(job.spill_paths(s)[1]) as z:
+        with np.load(job.spill_paths(s)[3]) as z:
             draws += z["draws"]
             unique += z["unique"]
             label_copies += z["label_copies"]
