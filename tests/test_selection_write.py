@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from data import manifest, records
 from selection import plan as plan_lib
@@ -80,6 +81,32 @@ def test_choose_copies_exact_counts():
     heavy = write.choose_copies(attributed, need * 5, rng=rng, with_replacement=True)
     assert np.array_equal(np.bincount(attributed[attributed >= 0], weights=heavy[attributed >= 0], minlength=5),
                           need * 5)
+
+
+def test_with_replacement_draws_are_uniform_within_a_label():
+    attributed = np.zeros(20, np.int64)
+    copies = write.choose_copies(attributed, np.array([20_000]), rng=np.random.default_rng(0), with_replacement=True)
+    assert copies.sum() == 20_000
+    assert scipy_stats.chisquare(copies).pvalue > 1e-3
+    skewed = copies + np.arange(20) * 20  # control: a 20-per-rank tilt is detected
+    assert scipy_stats.chisquare(skewed).pvalue < 1e-6
+
+
+def test_allocate_is_exact_and_respects_counts():
+    rng = np.random.default_rng(1)
+    shard = np.repeat(np.arange(6), 4)
+    label = np.tile(np.arange(4), 6)
+    count = rng.integers(0, 50, size=24)
+    count[label == 3] = np.maximum(count[label == 3], 1)
+    available = np.bincount(label, weights=count, minlength=4).astype(np.int64)
+    draws = np.array([available[0], available[1] // 2, 0, 3 * available[3]])
+    fixed = write.allocate(shard, label, count, np.minimum(draws, available), seed=0, with_replacement=False)
+    assert np.all(fixed <= count)
+    assert np.array_equal(np.bincount(label, weights=fixed, minlength=4), np.minimum(draws, available))
+    free = write.allocate(shard, label, count, draws, seed=0, with_replacement=True)
+    assert np.array_equal(np.bincount(label, weights=free, minlength=4), draws)
+    assert np.all(free[count == 0] == 0)
+    assert np.array_equal(free, write.allocate(shard, label, count, draws, seed=0, with_replacement=True))
 
 
 def test_elastic_write_exact_size_no_repeats_and_weights(source_dir, tmp_path):
