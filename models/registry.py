@@ -7,8 +7,10 @@ from collections.abc import Callable
 import flax.linen as nn
 import ml_collections
 
+from models.amoeba_net import STEM_FILTERS, AmoebaNet
+from models.genotypes import GENOTYPES
 from models.inception_v3 import InceptionV3
-from models.layers import resolve_dtype
+from models.layers import resolve_dtype, scaled_filters
 
 
 def _inception_v3(config: ml_collections.ConfigDict) -> nn.Module:
@@ -24,8 +26,29 @@ def _inception_v3(config: ml_collections.ConfigDict) -> nn.Module:
     )
 
 
+def _amoeba_net(config: ml_collections.ConfigDict) -> nn.Module:
+    filters = config.filters
+    if config.width_multiplier != 1.0:
+        filters = max(4, round(config.filters * config.width_multiplier / 4) * 4)
+    return AmoebaNet(
+        genotype=GENOTYPES[config.name],
+        num_classes=config.num_classes,
+        num_cells=config.num_cells,
+        filters=filters,
+        stem_filters=scaled_filters(STEM_FILTERS, config.width_multiplier),
+        aux_head=config.aux_head,
+        aux_scale=config.aux_scale,
+        drop_path_keep_prob=config.drop_path_keep_prob,
+        dropout_rate=config.dropout_rate,
+        bn_momentum=config.bn_momentum,
+        dtype=resolve_dtype(config.dtype),
+        remat=config.remat,
+    )
+
+
 _BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
     "inception_v3": _inception_v3,
+    **{name: _amoeba_net for name in GENOTYPES},  # amoeba_net_a/b/d share one builder
 }
 
 
