@@ -36,6 +36,19 @@ def reduction_indices(num_cells: int) -> list[int]:
     return [int(k / (NUM_REDUCTION_LAYERS + 1) * num_cells) for k in range(1, NUM_REDUCTION_LAYERS + 1)]
 
 
+def block_names(num_cells: int) -> list[str]:
+    """Top-level parameter groups in network order (for per-block reports)."""
+    names = ["stem_conv", "stem_bn"] + [f"stem_cell_{i}" for i in range(NUM_STEM_CELLS)]
+    reductions = reduction_indices(num_cells)
+    for i in range(num_cells):
+        if i in reductions:
+            names.append(f"reduction_cell_{reductions.index(i)}")
+        names.append(f"cell_{i}")
+        if i == reductions[1] - 1:
+            names.append("aux_head")
+    return names + ["head"]
+
+
 def drop_path_keep_prob(target_keep_prob: float, progress: Any) -> Any:
     """Keep probability ramped linearly from 1 at the start of training to the target at the end."""
     if progress is None:

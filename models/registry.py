@@ -7,6 +7,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import ml_collections
 
+from models import amoeba_net, inception_v3
 from models.amoeba_net import STEM_FILTERS, AmoebaNet
 from models.genotypes import GENOTYPES
 from models.inception_v3 import InceptionV3
@@ -55,6 +56,16 @@ _BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
 def model_names() -> list[str]:
     """Names a model config may use."""
     return sorted(_BUILDERS)
+
+
+def block_names(config: ml_collections.ConfigDict) -> list[str]:
+    """Names of the model's top-level parameter groups in network order (aux_head included)."""
+    if config.name == "inception_v3":
+        names = list(inception_v3.BLOCK_NAMES)
+        return names[: names.index("Mixed_6e") + 1] + ["aux_head"] + names[names.index("Mixed_7a") :] + ["head"]
+    if config.name in GENOTYPES:
+        return amoeba_net.block_names(config.num_cells)
+    raise ValueError(f"unknown model {config.name!r}; known: {model_names()}")
 
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
