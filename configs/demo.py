@@ -31,13 +31,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.kind = "embedded"
     c.data.target_name = "greek_glyphs"
-    c.data.embedded = embedded.default_config(tiny=tiny)
+    c.data.embedded = embedded.default_config()
+    if tiny:
+        c.data.embedded.num_workers = 0
+        c.data.embedded.source.groups = "latin_upper,greek_lower,digit,math"
+        c.data.embedded.source.max_labels_per_group = 6
+        c.data.embedded.source.min_images_per_label = 4
+        c.data.embedded.source.max_images_per_label = 8
+        c.data.embedded.source.num_shards = 2
+        c.data.embedded.target.train_per_class = 2
+        c.data.embedded.target.test_per_class = 3
 
     c.model = inception_v3.get_config()
     c.model.width_multiplier = 0.125 if tiny else 0.25
     c.model.image_size = 75
     c.model.aux_head = False
     c.model.dropout_rate = 0.2
+    # Slim's 0.9997 is for millions of steps; these runs are short (tiny: a handful of steps).
+    c.model.bn_momentum = 0.5 if tiny else 0.99
 
     c.pretrain = trainer_config.pretrain_config()
     c.pretrain.global_batch_size = 16 if tiny else 64
@@ -47,6 +58,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.pretrain.checkpoint_every_steps = 3 if tiny else 200
     c.pretrain.log_every_steps = 2 if tiny else 50
     c.pretrain.image_size = c.model.image_size
+    c.pretrain.ema_decay = 0.0  # an EMA over ~1k steps would mostly average untrained weights
+    c.pretrain.eval_with_ema = False
+    c.pretrain.aux_loss_weight = 0.0
+    # Ngiam et al. sample by the weights instead of weighting the loss; the selected shards' weights
+    # are kept for analysis, the loss is unweighted.
+    c.pretrain.use_example_weights = False
 
     c.weights = ml_collections.ConfigDict()
     c.weights.temperature = 2.0
@@ -54,7 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.selection = ml_collections.ConfigDict()
     c.selection.methods = ("same", "elastic")
-    c.selection.size = 200 if tiny else 12000
+    c.selection.size = 60 if tiny else 12000
     c.selection.top_k = 0  # uniform/reverse matchers: labels kept (0 = those with w > 0)
     c.selection.records_per_shard = 100 if tiny else 2000
     c.selection.example_weight_rule = "max"
@@ -67,6 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.finetune.checkpoint_every_steps = 2 if tiny else 100
     c.finetune.log_every_steps = 2 if tiny else 50
     c.finetune.image_size = c.model.image_size
+    c.finetune.aux_loss_weight = 0.0
     c.finetune.seeds = (0, 1) if tiny else (0, 1, 2)
 
     c.report = ml_collections.ConfigDict()

@@ -6,6 +6,7 @@ exist) stop the job before any compute, with one line naming the key.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -47,18 +48,27 @@ def check_override_keys(config: ml_collections.ConfigDict, keys: Sequence[str]) 
             node = node[part]
 
 
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path.py[:arg]` the way `--config=` does (get_config(arg) or get_config())."""
+    path, _, arg = spec.partition(":")
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location("_config_under_check", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
 def parse_command_line(argv: Sequence[str], name: str = "config") -> list[str]:
     """Parses absl flags; an unknown override key or a badly typed value becomes a ConfigError.
 
-    The config file is loaded once without overrides so every override key can be checked
-    against it first, giving one clear line instead of a traceback from deep in the library.
+    Every override key is first checked against the config file's fields, giving one clear line
+    instead of a traceback from deep in the flag library.
     """
-    keys = _override_keys(argv, name)
-    base = [a for a in argv if not a.startswith(f"--{name}.")]
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")), None)
+    if spec is not None:
+        check_override_keys(load_config_file(spec), _override_keys(argv, name))
     try:
-        flags.FLAGS(base)
-        check_override_keys(flags.FLAGS[name].value, keys)
-        flags.FLAGS.unparse_flags()
         return flags.FLAGS(list(argv))
     except flags.Error as err:
         raise ConfigError(f"bad command line: {err}") from err

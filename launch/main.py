@@ -11,6 +11,7 @@ The stages themselves live in `launch.stages`; this file only parses the command
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import flags, logging
@@ -40,10 +41,13 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     logging.set_verbosity(logging.WARNING)
-    if _MULTIHOST.value:
-        import jax
+    import jax
 
+    if _MULTIHOST.value:
         jax.distributed.initialize()
+    # Every training and evaluation run of a job compiles the same few programs: cache them on disk.
+    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(_WORKDIR.value), ".jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     stages.run_pipeline(config, _WORKDIR.value, selected)
     return 0
 

@@ -75,7 +75,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     config_cli.validate(
         config,
         {
-            "model.name": tuple(registry.MODELS),
+            "model.name": tuple(registry.model_names()),
             "pretrain.parallelism": ("pmap", "jit"),
             "finetune.parallelism": ("pmap", "jit"),
             "selection.methods": lambda methods: bool(methods) and all(m in MATCHERS for m in methods),
@@ -141,8 +141,6 @@ def stage_pretrain_source(config: ml_collections.ConfigDict, ws: Workspace) -> d
 
 def stage_weights(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     """Pt from the entire-source model's predictions on target TRAIN images (labels unused)."""
-    import jax
-
     from data import pipeline
     from models import registry
     from selection import weights
@@ -155,11 +153,12 @@ def stage_weights(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     def apply_fn(variables, images):
         return model.apply(variables, images, train=False)["logits"]
 
-    batches = pipeline.eval_batches(
+    target = manifest.load_manifest(ws.target("train"))
+    batches = pipeline.eval_batches(  # the batches carry target labels; Pt never reads them
         ws.target("train"),
         global_batch_size=config.weights.batch_size,
         image_size=config.model.image_size,
-        num_classes=source.num_labels,
+        num_classes=target.num_labels,
     )
     pt = weights.target_label_distribution(
         apply_fn, variables, batches, num_labels=source.num_labels, temperature=config.weights.temperature
@@ -175,7 +174,6 @@ def stage_weights(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
         {"label_names": source.label_names, "pt": pt.tolist(), "ps": ps.tolist(), "w": w.tolist(),
          "excluded": [source.label_names[i] for i in np.flatnonzero(excluded)]},
     )
-    del jax
     order = np.argsort(-w)[:5]
     return {"top_labels": [[source.label_names[i], float(w[i])] for i in order],
             "excluded_labels": int(np.sum(excluded))}
