@@ -58,9 +58,9 @@ def drop_path_keep_prob(target_keep_prob: float, progress: Any) -> Any:
 
 def _drop_path(module: nn.Module, x: jax.Array, keep_prob: Any) -> jax.Array:
     """Zeroes whole examples with probability 1 - keep_prob and rescales the rest."""
-    keep = jnp.asarray(keep_prob, x.dtype)
-    noise = jax.random.uniform(module.make_rng("drop_path"), (x.shape[0], 1, 1, 1), x.dtype)
-    return x / keep * jnp.floor(keep + noise)
+    keep = jnp.asarray(keep_prob, jnp.float32)
+    noise = jax.random.uniform(module.make_rng("drop_path"), (x.shape[0], 1, 1, 1), jnp.float32)
+    return x * (jnp.floor(keep + noise) / keep).astype(x.dtype)
 
 
 class _Unit(nn.Module):

@@ -190,7 +190,10 @@ class InceptionV3(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    def __call__(self, images: jax.Array, train: bool = False, progress: object = None) -> dict[str, jax.Array]:
+        """`progress` (fraction of training done) is accepted so a trainer can pass it to any model;
+        Inception-v3 has no drop-path and ignores it."""
+        del progress
         if min(images.shape[1:3]) < MIN_IMAGE_SIZE:
             raise ValueError(f"Inception-v3 needs inputs of at least {MIN_IMAGE_SIZE} px, got {images.shape}")
         common = dict(

@@ -1,5 +1,7 @@
 """AmoebaNet-B: exact parameter counts (FACTS.md), shapes, drop-path schedule, genotype table."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -119,3 +121,21 @@ def test_small_forward_runs_and_progress_zero_disables_drop_path():
     assert jnp.array_equal(features(0.0, 1), features(0.0, 2))
     assert not jnp.allclose(features(1.0, 1), features(1.0, 2))
     assert jnp.all(jnp.isfinite(model.apply(variables, images, train=False)["logits"]))
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_remat_checkpoints_every_cell(remat):
+    config = _small(remat=remat)
+    model, variables, _ = _abstract(config, 64)
+    images = jnp.zeros((2, 64, 64, 3))
+
+    def loss(params, batch_stats):
+        out, _ = model.apply(
+            {"params": params, "batch_stats": batch_stats}, images, train=True, progress=0.5,
+            rngs={"dropout": jax.random.key(0), "drop_path": jax.random.key(1)}, mutable=["batch_stats"],
+        )  # fmt: skip
+        return out["logits"].sum()
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(variables["params"], variables["batch_stats"])
+    checkpoints = re.findall(r"= (?:checkpoint|remat2?)\[", str(jaxpr))
+    assert len(checkpoints) == (2 + 2 + config.num_cells if remat else 0)  # stem, reduction, normal cells

@@ -135,3 +135,11 @@ def test_remat_checkpoints_every_block(remat):
     jaxpr = jax.make_jaxpr(jax.grad(loss))(variables["params"], variables["batch_stats"]).jaxpr
     checkpoints = re.findall(r"= (?:checkpoint|remat2?)\[", str(jaxpr))
     assert len(checkpoints) == (13 if remat else 0)  # 12 blocks + aux head
+
+
+def test_accepts_training_progress_like_amoeba_net():
+    model = build_model(_config(num_classes=3))
+    images = jax.ShapeDtypeStruct((1, 75, 75, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, progress=0.5), variables, images)
+    assert out["logits"].shape == (1, 3)
