@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -64,12 +65,16 @@ class Checkpointer:
 
 
 def load_raw_state(workdir: str, step: int | None = None) -> dict:
-    """The saved train state as nested dicts of numpy arrays (no target structure needed)."""
-    with ocp.CheckpointManager(checkpoint_dir(workdir), item_names=("state", "iterator")) as manager:
+    """The saved train state as nested dicts of host numpy arrays, whatever device layout saved it
+    (an FSDP run on a pod reads back on one CPU)."""
+    handlers = {"state": ocp.StandardCheckpointHandler(), "iterator": ocp.JsonCheckpointHandler()}
+    with ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=handlers) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint under {checkpoint_dir(workdir)}")
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        metadata = manager.item_metadata(step)["state"]
+        target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metadata)  # lazily zeroed host buffers
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     return restored["state"]
 
 

@@ -38,6 +38,8 @@ def _common() -> ml_collections.ConfigDict:
     c.eval_with_ema = False
     c.image_size = 299
     c.augment = True
+    c.flip = True  # random horizontal flip (off for data a mirror image relabels, e.g. glyphs)
+    c.min_crop_area = 0.1  # Inception crop: area fraction sampled in [min_crop_area, 1]
     c.compute_dtype = "float32"  # "float32" | "bfloat16" (params stay float32)
     c.bn_momentum = "model"  # "model" (the model config's value) | "auto" (max(1 - 10/s, 0.9)) | a float
     c.freeze_backbone = False  # train only params["head"]; the backbone runs in inference mode

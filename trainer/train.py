@@ -174,12 +174,11 @@ def _report(
     means["images_per_s"] = global_batch / step_time if step_time > 0 else 0.0
     means["step_time_s"] = step_time
     writer.write(step, {f"train/{k}": v for k, v in means.items()})
-    print(
-        metrics_lib.progress_line(
+    if jax.process_index() == 0:
+        line = metrics_lib.progress_line(
             stage, step, total, means["loss"], means["learning_rate"], means["images_per_s"], step_time * (total - step)
-        ),
-        flush=True,
-    )
+        )
+        print(line, flush=True)
     window.reset()
     return means
 
@@ -234,6 +233,8 @@ def train(
             seed=int(config.seed),
             num_classes=shards.num_labels,
             augment=bool(config.augment),
+            flip=bool(config.flip),
+            min_crop_area=float(config.min_crop_area),
             worker_count=int(config.worker_count),
         )
 
