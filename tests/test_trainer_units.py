@@ -204,3 +204,18 @@ def test_finished_run_returns_at_once(tmp_path):
     c = tiny_config(config_lib.finetune_config())
     first = _run(tmp_path, c, SmallCNN(), steps=2)
     assert _run(tmp_path, c, SmallCNN(), steps=2) == json.loads((tmp_path / "final.json").read_text()) == json.loads(json.dumps(first))
+
+
+def test_prepare_model_config_sets_classes_dtype_bn():
+    import ml_collections
+
+    from trainer.train import prepare_model_config
+
+    model_config = ml_collections.ConfigDict({"name": "x", "num_classes": 1000, "image_size": 299, "dtype": "float32",
+                                              "bn_momentum": 0.9997, "bn_axis_name": ""})
+    c = config_lib.finetune_config()
+    c.compute_dtype, c.image_size, c.global_batch_size, c.parallelism = "bfloat16", 75, 100, "pmap"
+    out = prepare_model_config(c, model_config, num_classes=37, num_records=3680)  # s = 37 steps/epoch
+    assert (out.num_classes, out.image_size, out.dtype, out.bn_axis_name) == (37, 75, "bfloat16", "batch")
+    assert out.bn_momentum == pytest.approx(0.9)  # max(1 - 10/37, 0.9)
+    assert model_config.num_classes == 1000  # the caller's config is not modified

@@ -34,7 +34,7 @@ class SmallCNN(nn.Module):
                 use_running_average=not train,
                 momentum=self.bn_momentum,
                 epsilon=1e-3,
-                axis_name=self.bn_axis_name if train else None,
+                axis_name=(self.bn_axis_name or None) if train else None,
                 dtype=self.dtype,
                 name=f"bn{i}",
             )(x)

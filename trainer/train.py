@@ -196,7 +196,7 @@ def prepare_model_config(
     if momentum is not None:
         model_config.bn_momentum = momentum
     if "bn_axis_name" in model_config:  # cross-device BatchNorm under pmap (jit sees the global batch)
-        model_config.bn_axis_name = PMAP_AXIS if config.parallelism == "pmap" else None
+        model_config.bn_axis_name = PMAP_AXIS if config.parallelism == "pmap" else ""
     elif config.parallelism == "pmap":
         logging.warning("model has no bn_axis_name: under pmap BatchNorm normalises per device")
     return model_config
