@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.embedded.target.test_per_class = 3
 
     c.model = inception_v3.get_config()
-    c.model.width_multiplier = 0.125 if tiny else 0.25
+    c.model.width_multiplier = 0.125
     c.model.image_size = 75
     c.model.aux_head = False
     c.model.dropout_rate = 0.2
@@ -51,13 +51,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.bn_momentum = 0.5 if tiny else 0.99
 
     c.pretrain = trainer_config.pretrain_config()
-    c.pretrain.global_batch_size = 16 if tiny else 64
-    c.pretrain.steps = 6 if tiny else 1200
-    c.pretrain.warmup_steps = 2 if tiny else 100
-    c.pretrain.learning_rate = 0.1
+    c.pretrain.global_batch_size = 16 if tiny else 32
+    c.pretrain.steps = 6 if tiny else 800
+    c.pretrain.warmup_steps = 2 if tiny else 50
+    c.pretrain.learning_rate = 0.01 if tiny else 0.05
     c.pretrain.checkpoint_every_steps = 3 if tiny else 200
     c.pretrain.log_every_steps = 2 if tiny else 50
     c.pretrain.image_size = c.model.image_size
+    # Glyphs: a mirror image or a 10% crop changes or loses the character.
+    c.pretrain.flip = False
+    c.pretrain.min_crop_area = 0.5
     c.pretrain.ema_decay = 0.0  # an EMA over ~1k steps would mostly average untrained weights
     c.pretrain.eval_with_ema = False
     c.pretrain.aux_loss_weight = 0.0
@@ -77,13 +80,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.selection.example_weight_rule = "max"
 
     c.finetune = trainer_config.finetune_config()
-    c.finetune.global_batch_size = 16 if tiny else 64
-    c.finetune.steps = 4 if tiny else 300
-    c.finetune.warmup_steps = 1 if tiny else 30
-    c.finetune.learning_rate = 0.05
+    c.finetune.global_batch_size = 16 if tiny else 32
+    c.finetune.steps = 4 if tiny else 150
+    c.finetune.warmup_steps = 1 if tiny else 15
+    c.finetune.learning_rate = 0.02
     c.finetune.checkpoint_every_steps = 2 if tiny else 100
     c.finetune.log_every_steps = 2 if tiny else 50
     c.finetune.image_size = c.model.image_size
+    c.finetune.flip = False
+    c.finetune.min_crop_area = 0.5
     c.finetune.aux_loss_weight = 0.0
     c.finetune.seeds = (0, 1) if tiny else (0, 1, 2)
 

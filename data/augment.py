@@ -70,10 +70,20 @@ def crop_resize(image: Image.Image, box: tuple[float, float, float, float], size
     return np.asarray(out, dtype=np.uint8)
 
 
-def train_image(data: bytes, size: int, rng: np.random.Generator, flip: bool = True) -> np.ndarray:
-    """Inception training preprocessing: random area/aspect crop, resize, random horizontal flip."""
+def train_image(
+    data: bytes,
+    size: int,
+    rng: np.random.Generator,
+    flip: bool = True,
+    area_range: tuple[float, float] = DEFAULT_AREA_RANGE,
+) -> np.ndarray:
+    """Inception training preprocessing: random area/aspect crop, resize, random horizontal flip.
+
+    Glyph-like data, whose identity a mirror image or a small crop changes, narrows `area_range`
+    and turns `flip` off.
+    """
     image = open_image(data)
-    box = sample_crop(*image.size, rng)
+    box = sample_crop(*image.size, rng, area_range=area_range)
     out = crop_resize(image, box, size)
     if flip and rng.random() < 0.5:
         out = out[:, ::-1]

@@ -75,6 +75,8 @@ class _Preprocess:
     num_classes: int
     train: bool
     skip_corrupt: bool
+    flip: bool = True
+    min_crop_area: float = augment_lib.DEFAULT_AREA_RANGE[0]
 
     def __call__(self, item: tuple[int, bytes] | Skipped, rng: np.random.Generator | None = None):
         if isinstance(item, Skipped):  # a bad CRC from _SafeSource, on its way to the filter
@@ -86,7 +88,9 @@ class _Preprocess:
             return self._corrupt(index, f"undecodable example ({err})")
         try:
             if self.train:
-                image = augment_lib.train_image(example.image, self.image_size, rng)
+                image = augment_lib.train_image(
+                    example.image, self.image_size, rng, flip=self.flip, area_range=(self.min_crop_area, 1.0)
+                )
             else:
                 image = augment_lib.eval_image(example.image, self.image_size)
         except (OSError, ValueError, SyntaxError) as err:  # what PIL raises on bad image data
@@ -181,6 +185,8 @@ def train_iterator(
     seed: int,
     num_classes: int,
     augment: bool = True,
+    flip: bool = True,
+    min_crop_area: float = augment_lib.DEFAULT_AREA_RANGE[0],
     num_epochs: int | None = None,
     worker_count: int = 0,
     read_threads: int = 8,
@@ -203,7 +209,7 @@ def train_iterator(
         raise ValueError(f"{shard_dir}: process {pindex} of {pcount} has no records")
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
     if augment:
-        prep = _Preprocess(source, image_size, num_classes, True, skip_corrupt)
+        prep = _Preprocess(source, image_size, num_classes, True, skip_corrupt, flip, min_crop_area)
         ds = ds.random_map(prep, seed=(seed * 7919 + pindex + 1) % 2**32)
     else:
         ds = ds.map(_Preprocess(source, image_size, num_classes, False, skip_corrupt))

@@ -210,6 +210,7 @@ def stage_select(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
             records_per_shard=config.selection.records_per_shard,
             seed=config.seed,
             example_weight_rule=config.selection.example_weight_rule,
+            label_index_dir=ws.path("selected", "source_label_index"),  # shared by all methods
         )
         table = stats.label_table(label_plan, shard_set)
         stats.write_tables(table, ws.path("selected", f"{method}.stats"))
