@@ -26,6 +26,7 @@ def tiny_config(seed: int = 0):
     config.chunk_size = 16
     config.source.groups = "digit,greek_lower,latin_lower,math"
     config.source.max_labels_per_group = 6
+    config.source.whole_groups = "greek_lower"
     config.source.min_images_per_label = 2
     config.source.max_images_per_label = 6
     config.source.num_shards = 3
@@ -102,7 +103,7 @@ def test_source_hierarchy_is_script_group_character(built):
     assert tree["number"] == ["digit"] and len(tree["digit"]) == 6
     assert tree["digit"] == sorted(tree["digit"]) and set(tree["digit"]) <= set("0123456789")
     leaves = [leaf for group in ("digit", "greek_lower", "latin_lower", "math") for leaf in tree[group]]
-    assert leaves == source.label_names and len(set(leaves)) == len(leaves) == 24
+    assert leaves == source.label_names and len(set(leaves)) == len(leaves) == 6 + 25 + 6 + 6
 
 
 def test_target_is_greek_lowercase_in_held_out_fonts(built):
@@ -117,16 +118,18 @@ def test_target_is_greek_lowercase_in_held_out_fonts(built):
     for char, index in zip(train.extra["source_label_names"], train.extra["source_label_indices"]):
         assert index == -1 or source.label_names[index] == char
     assert train.extra["source_label_names"][0] == "α"
-    assert sum(i >= 0 for i in train.extra["source_label_indices"]) == 6  # the capped greek_lower group
+    assert all(i >= 0 for i in train.extra["source_label_indices"])  # greek_lower is a whole group
     assert {e.example_id for e in read_all(test)} == {f"tgt-test-{i:06d}".encode() for i in range(25)}
 
 
 def test_default_source_size_and_spread():
     config = embedded.default_config()
     space = embedded.source_labels(config)
-    assert 500 <= len(space.chars) <= 1200 and len(set(space.chars)) == len(space.chars)
+    assert 400 <= len(space.chars) <= 1200 and len(set(space.chars)) == len(space.chars)
     assert {"latin", "greek", "cyrillic", "number", "symbol", "drawing"} == {glyphs.GROUPS[g].script for g in space.groups}
     assert all(len(fonts) >= config.source.min_fonts for fonts in space.fonts)
+    sizes = collections.Counter(space.groups)
+    assert sizes["greek_lower"] == 25 and sizes["cyrillic_lower"] == 32 and sizes["math"] == 16
     assert not set(f for fonts in space.fonts for f in fonts) & set(embedded.HELD_OUT_FONTS)
 
 
