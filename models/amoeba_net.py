@@ -64,10 +64,11 @@ def _drop_path(module: nn.Module, x: jax.Array, keep_prob: Any) -> jax.Array:
 
 
 class _Unit(nn.Module):
-    """Shared settings: BN momentum and compute dtype."""
+    """Shared settings: BN momentum, compute dtype and the BatchNorm sync axis."""
 
     bn_momentum: float = 0.9997
     dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
 
     def conv(self, x: jax.Array, filters: int, kernel: tuple[int, int], strides=(1, 1), **kwargs: Any) -> jax.Array:
         return nn.Conv(
@@ -76,7 +77,9 @@ class _Unit(nn.Module):
         )(x)  # fmt: skip
 
     def bn(self, x: jax.Array, train: bool) -> jax.Array:
-        return batch_norm(train, momentum=self.bn_momentum, use_scale=True, dtype=self.dtype)(x)
+        return batch_norm(
+            train, momentum=self.bn_momentum, use_scale=True, dtype=self.dtype, axis_name=self.bn_axis_name
+        )(x)
 
 
 class FactorizedReduction(_Unit):
@@ -177,7 +180,7 @@ class Cell(_Unit):
     @nn.compact
     def __call__(self, x: jax.Array, prev: jax.Array | None, train: bool, keep_prob: Any) -> jax.Array:
         f = self.filters
-        common = dict(bn_momentum=self.bn_momentum, dtype=self.dtype)
+        common = dict(bn_momentum=self.bn_momentum, dtype=self.dtype, bn_axis_name=self.bn_axis_name)
         if prev is None:
             prev = x
         elif prev.shape[2] != x.shape[2]:
@@ -242,6 +245,7 @@ class AmoebaNet(nn.Module):
     bn_momentum: float = 0.9997
     dtype: Dtype = jnp.float32
     remat: bool = False
+    bn_axis_name: str | None = None  # pmap axis for cross-device BatchNorm; None/"" = per device
 
     @nn.compact
     def __call__(
@@ -249,7 +253,8 @@ class AmoebaNet(nn.Module):
     ) -> dict[str, jax.Array]:
         if self.filters % 4:
             raise ValueError(f"filters must be divisible by 4, got {self.filters}")
-        common = dict(bn_momentum=self.bn_momentum, dtype=self.dtype)
+        bn_axis_name = self.bn_axis_name or None
+        common = dict(bn_momentum=self.bn_momentum, dtype=self.dtype, bn_axis_name=bn_axis_name)
         cell_cls = nn.remat(Cell, static_argnums=(3,)) if self.remat else Cell
         keep_prob = drop_path_keep_prob(self.drop_path_keep_prob, progress) if self.drop_path_keep_prob < 1 else None
 
@@ -258,7 +263,8 @@ class AmoebaNet(nn.Module):
             self.stem_filters, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, dtype=self.dtype,
             param_dtype=jnp.float32, name="stem_conv",
         )(x)  # fmt: skip
-        x = batch_norm(train, momentum=self.bn_momentum, use_scale=True, dtype=self.dtype, name="stem_bn")(x)
+        x = batch_norm(train, momentum=self.bn_momentum, use_scale=True, dtype=self.dtype, name="stem_bn",
+                       axis_name=bn_axis_name)(x)
         outputs_so_far: list[jax.Array | None] = [None, x]
         scale = 1.0 / 2**NUM_STEM_CELLS
         for i in range(NUM_STEM_CELLS):

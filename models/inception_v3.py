@@ -43,6 +43,7 @@ class _Block(nn.Module):
     bn_scale: bool = False
     bn_momentum: float = 0.9997
     dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
 
     def conv(
         self, x: jax.Array, filters: int, kernel: tuple[int, int], train: bool, strides: int = 1, padding: str = "SAME"
@@ -55,6 +56,7 @@ class _Block(nn.Module):
             bn_scale=self.bn_scale,
             bn_momentum=self.bn_momentum,
             dtype=self.dtype,
+            bn_axis_name=self.bn_axis_name,
         )(x, train)
 
 
@@ -188,6 +190,7 @@ class InceptionV3(nn.Module):
     dropout_rate: float = 0.2
     dtype: Dtype = jnp.float32
     remat: bool = False
+    bn_axis_name: str | None = None  # pmap axis for cross-device BatchNorm; None/"" = per device
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False, progress: object = None) -> dict[str, jax.Array]:
@@ -197,7 +200,11 @@ class InceptionV3(nn.Module):
         if min(images.shape[1:3]) < MIN_IMAGE_SIZE:
             raise ValueError(f"Inception-v3 needs inputs of at least {MIN_IMAGE_SIZE} px, got {images.shape}")
         common = dict(
-            width_multiplier=self.width_multiplier, bn_scale=self.bn_scale, bn_momentum=self.bn_momentum, dtype=self.dtype
+            width_multiplier=self.width_multiplier,
+            bn_scale=self.bn_scale,
+            bn_momentum=self.bn_momentum,
+            dtype=self.dtype,
+            bn_axis_name=self.bn_axis_name or None,
         )
 
         def wrap(cls: type[nn.Module]) -> type[nn.Module]:

@@ -35,11 +35,23 @@ def scaled_filters(filters: int, multiplier: float, min_filters: int = 8) -> int
 
 
 def batch_norm(
-    train: bool, *, momentum: float, use_scale: bool, dtype: Dtype, name: str | None = None
+    train: bool,
+    *,
+    momentum: float,
+    use_scale: bool,
+    dtype: Dtype,
+    name: str | None = None,
+    axis_name: str | None = None,
 ) -> nn.BatchNorm:
-    """BatchNorm with TF's epsilon; running statistics update only when training."""
+    """BatchNorm with TF's epsilon; running statistics update only when training.
+
+    `axis_name` (a pmap axis; None or "" = none) makes training-mode batch statistics the mean over
+    every device on that axis (cross-device / sync BatchNorm). It is used only when training, so
+    evaluation (running averages, no collective) also runs outside that pmap.
+    """
     return nn.BatchNorm(
         use_running_average=not train,
+        axis_name=(axis_name or None) if train else None,
         momentum=momentum,
         epsilon=BN_EPSILON,
         use_scale=use_scale,
@@ -65,6 +77,7 @@ class ConvBN(nn.Module):
     bn_momentum: float = 0.9997
     relu: bool = True
     dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None  # pmap axis for cross-device BatchNorm (see `batch_norm`)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -78,5 +91,6 @@ class ConvBN(nn.Module):
             param_dtype=jnp.float32,
             name="conv",
         )(x)
-        x = batch_norm(train, momentum=self.bn_momentum, use_scale=self.bn_scale, dtype=self.dtype, name="bn")(x)
+        x = batch_norm(train, momentum=self.bn_momentum, use_scale=self.bn_scale, dtype=self.dtype, name="bn",
+                       axis_name=self.bn_axis_name)(x)
         return nn.relu(x) if self.relu else x

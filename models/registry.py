@@ -24,6 +24,7 @@ def _inception_v3(config: ml_collections.ConfigDict) -> nn.Module:
         dropout_rate=config.dropout_rate,
         dtype=resolve_dtype(config.dtype),
         remat=config.remat,
+        bn_axis_name=config.get("bn_axis_name") or None,
     )
 
 
@@ -44,6 +45,7 @@ def _amoeba_net(config: ml_collections.ConfigDict) -> nn.Module:
         bn_momentum=config.bn_momentum,
         dtype=resolve_dtype(config.dtype),
         remat=config.remat,
+        bn_axis_name=config.get("bn_axis_name") or None,
     )
 
 

@@ -20,4 +20,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.dropout_rate = 0.5
     config.dtype = "float32"  # compute dtype; parameters stay float32
     config.remat = False  # activation checkpointing per cell
+    # pmap axis for cross-device BatchNorm ("" = per-device statistics); the trainer sets it per run.
+    config.bn_axis_name = ""
     return config

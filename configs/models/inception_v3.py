@@ -19,4 +19,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.dropout_rate = 0.2
     config.dtype = "float32"  # compute dtype; parameters stay float32
     config.remat = False  # activation checkpointing per block
+    # pmap axis for cross-device BatchNorm ("" = per-device statistics); the trainer sets it per run.
+    config.bn_axis_name = ""
     return config
