@@ -11,6 +11,9 @@ temporary directory, then measures
 Records per CPU-second is the per-core figure that holds on a shared host: wall-clock rates
 drop when other jobs take the cores, CPU time does not.
 
+The peer is run 1 (a plain Python loop, no grain, doing the same read + parse + PIL decode +
+augmentation): each grain row prints its ratio to it, of wall rate and of records per CPU-second.
+
   .venv/bin/python -m benchmarks.input_pipeline [--records 256] [--sizes 299 75] [--seconds 5]
 """
 
@@ -90,15 +93,16 @@ def main() -> None:
         directory = build(os.path.join(tmp, "shards"), args.records)
         kb = np.mean([os.path.getsize(f) for f in prepare.manifest.load_manifest(directory).files]) * 4 / args.records / 1024
         print(f"host: {cores} CPU cores; {args.records} JPEG records, {kb:.0f} KB each, 500x375")
-        print("| resolution | path | threads x workers | records/s (wall) | records per CPU-second |")
-        print("|---|---|---|---|---|")
+        print("| resolution | path | threads x workers | records/s (wall) | records per CPU-second "
+              "| ratio to peer (wall) | ratio to peer (per CPU-second) |")
+        print("|---|---|---|---|---|---|---|")
         for size in args.sizes:
-            wall, per_cpu = per_core(directory, size, args.seconds)
-            print(f"| {size} | preprocess loop | 1 x 0 | {wall:.0f} | {per_cpu:.0f} |", flush=True)
+            peer_wall, peer_cpu = per_core(directory, size, args.seconds)
+            print(f"| {size} | peer: plain loop, no grain | 1 x 0 | {peer_wall:.0f} | {peer_cpu:.0f} | 1.00 | 1.00 |", flush=True)
             for config in args.configs:
                 threads, workers = (int(v) for v in config.split("x"))
                 wall, per_cpu = through_grain(directory, size, args.seconds, threads, workers, args.batch)
-                cpu_text = f"{per_cpu:.0f}" if workers == 0 else "n/a (workers)"
+                cpu_text = f"{per_cpu:.0f} | {wall / peer_wall:.2f} | {per_cpu / peer_cpu:.2f}" if workers == 0 else f"n/a (workers) | {wall / peer_wall:.2f} | n/a"
                 print(f"| {size} | grain train_iterator | {threads} x {workers} | {wall:.0f} | {cpu_text} |", flush=True)
 
 

@@ -4,7 +4,9 @@ Builds a multi-label corpus of small records (a `--payload`-byte opaque image, 1
 1.26 labels per example on average), then times `selection.write.write_selected` for the
 same-distribution plan at `--fraction` of the corpus with 1 and with `--processes` OS processes
 (each given its part, sharing the output dir), and a dd-like sequential write (fsync) and read of a
-file of the corpus's size in the same run.
+file of the corpus's size in the same run. That raw bandwidth is the peer: each write_selected line
+ends with its ratios to it (source MB/s over raw read MB/s, output MB/s over raw write+fsync MB/s,
+and source MB/s over raw write+fsync MB/s, since the raw read is usually served from the page cache).
 
   .venv/bin/python benchmarks/selection_write.py --examples=2000000 --dir=/tmp/selbench
 """
@@ -140,6 +142,9 @@ def main() -> None:
         print(f"write_selected, {count} process(es), {cache} label index: {wall:.1f} s wall; source read {corpus_bytes / wall / 1e6:.1f} "
               f"MB/s = {source.num_records / wall:,.0f} source records/s; wrote {written.num_records:,} records "
               f"({out_bytes / 1e6:.0f} MB, {len(written.files)} shards); peak RSS per process {rss:.0f} MB")
+        print(f"  ratio to raw disk: source read / raw read {corpus_bytes / wall / 1e6 / read_mb:.3f}; "
+              f"output written / raw write+fsync {out_bytes / wall / 1e6 / write_mb:.3f}; "
+              f"source read / raw write+fsync {corpus_bytes / wall / 1e6 / write_mb:.3f}", flush=True)
     shutil.rmtree(os.path.join(args.dir, "out_p1"), ignore_errors=True)
     shutil.rmtree(index_dir, ignore_errors=True)
     print(f"benchmark process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
