@@ -52,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.pretrain = trainer_config.pretrain_config()
     c.pretrain.global_batch_size = 16 if tiny else 32
-    c.pretrain.steps = 6 if tiny else 800
+    c.pretrain.steps = 6 if tiny else 1000
     c.pretrain.warmup_steps = 2 if tiny else 50
     c.pretrain.learning_rate = 0.01 if tiny else 0.05
     c.pretrain.checkpoint_every_steps = 3 if tiny else 200

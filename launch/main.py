@@ -46,7 +46,8 @@ def main(argv: list[str]) -> int:
     if _MULTIHOST.value:
         jax.distributed.initialize()
     # Every training and evaluation run of a job compiles the same few programs: cache them on disk.
-    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(_WORKDIR.value), ".jax_cache"))
+    cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(os.path.abspath(_WORKDIR.value), ".jax_cache")
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     stages.run_pipeline(config, _WORKDIR.value, selected)
     return 0
