@@ -83,7 +83,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.target = ml_collections.ConfigDict(
         dict(
             groups="greek_lower",
-            train_per_class=20,
+            train_per_class=10,  # few-shot: hard from scratch, where pre-trained features matter
             test_per_class=40,
             train_shards=1,
             test_shards=1,
