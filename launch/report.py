@@ -78,9 +78,12 @@ def _plot_results(rows: list[dict], path: str) -> None:
 
 def write_report(config: ml_collections.ConfigDict, ws) -> dict:
     """Builds report.md / report.csv / results.png from the finetune, weights and select outputs."""
+    from launch import stages
+
     results = atomic.read_json(ws.path("finetune", "results.json"))
     target = config.data.target_name
-    rows = results_rows(results, target)
+    order = [c for c in stages.pretraining_choices(config) if c in results]  # JSON keys come back sorted
+    rows = results_rows({c: results[c] for c in order}, target)
 
     csv_buffer = io.StringIO()
     writer = csv.DictWriter(csv_buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
