@@ -87,6 +87,25 @@ def test_sgd_nesterov_and_weight_decay_modes():
     np.testing.assert_allclose(l2["w"], (1 - 0.05) ** 2, rtol=1e-6)
 
 
+def test_adam_matches_optax_adam_and_decays_kernels_only():
+    params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,))}
+    grads = {"w": jnp.full((2, 2), 0.2), "b": jnp.full((2,), -0.4)}
+    c = config_lib.pretrain_config()
+    c.optimizer, c.weight_decay = "adam", 0.0
+    ours = _one_update(c, grads, params, steps=3)
+    tx = optax.adam(0.5)
+    state, reference = tx.init(params), params
+    for _ in range(3):
+        updates, state = tx.update(grads, state, reference)
+        reference = optax.apply_updates(reference, updates)
+    for key in params:
+        np.testing.assert_allclose(ours[key], reference[key], rtol=1e-6)
+    c.weight_decay, c.weight_decay_mode = 0.1, "decoupled"
+    decayed = _one_update(c, {"w": jnp.zeros((2, 2)), "b": jnp.zeros(2)}, params)
+    np.testing.assert_allclose(decayed["w"], 1 - 0.5 * 0.1, rtol=1e-6)
+    np.testing.assert_allclose(decayed["b"], 1.0, rtol=1e-6)
+
+
 def test_rmsprop_decoupled_uses_schedule():
     c = config_lib.pretrain_config()
     c.optimizer, c.weight_decay, c.weight_decay_mode = "rmsprop", 0.1, "decoupled"

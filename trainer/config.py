@@ -21,7 +21,7 @@ def _common() -> ml_collections.ConfigDict:
     c.epochs = 0.0
     c.warmup_steps = 0  # when 0 and warmup_epochs > 0, warm-up is set in epochs
     c.warmup_epochs = 0.0
-    c.optimizer = "sgd"  # "sgd" | "rmsprop" (TF1 semantics, as the tensorflow/tpu recipes)
+    c.optimizer = "sgd"  # "sgd" | "rmsprop" (TF1 semantics, as the tensorflow/tpu recipes) | "adam"
     c.learning_rate = 0.1  # peak learning rate after warm-up, for the global batch
     c.end_learning_rate = 0.0  # value the cosine decays to
     c.momentum = 0.9

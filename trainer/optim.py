@@ -84,8 +84,15 @@ def build_optimizer(config: ml_collections.ConfigDict, schedule: Callable) -> op
             *([optax.add_decayed_weights(lambda count: wd * schedule(count), decay_mask)] if decoupled else []),
             optax.scale(-1.0),
         ]
+    elif config.optimizer == "adam":  # short CPU demos learn far faster with it than with SGD
+        parts = [
+            *l2,
+            optax.scale_by_adam(),
+            *([optax.add_decayed_weights(wd, decay_mask)] if decoupled else []),
+            optax.scale_by_learning_rate(schedule),
+        ]
     else:
-        raise ValueError(f"optimizer must be 'sgd' or 'rmsprop', got {config.optimizer!r}")
+        raise ValueError(f"optimizer must be 'sgd', 'rmsprop' or 'adam', got {config.optimizer!r}")
     tx = optax.chain(*parts)
     if config.freeze_backbone:
         tx = optax.multi_transform(
