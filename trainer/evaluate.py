@@ -41,13 +41,17 @@ def accuracy_from_counts(correct: np.ndarray, count: np.ndarray) -> dict[str, fl
     }
 
 
+def _place(variables: dict) -> tuple[dict, NamedSharding, NamedSharding]:
+    """Variables replicated over the data mesh, plus the batch and replicated shardings."""
+    mesh = data_mesh()
+    replicated = NamedSharding(mesh, P())
+    return jax.device_put(variables, replicated), NamedSharding(mesh, P(DATA_AXIS)), replicated
+
+
 def evaluate_batches(model: nn.Module, variables: dict, batches: Iterable[dict[str, np.ndarray]], num_classes: int) -> dict[str, float]:
     """Accuracy of `variables` over `batches` (with `mask`); a class is an example's first label, a
     prediction is correct when it is any of the example's labels."""
-    mesh = data_mesh()
-    batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
-    replicated = NamedSharding(mesh, P())
-    variables = jax.device_put(variables, replicated)
+    variables, batch_sharding, _ = _place(variables)
 
     @jax.jit
     def counts(variables, batch):
@@ -69,10 +73,7 @@ def evaluate_batches(model: nn.Module, variables: dict, batches: Iterable[dict[s
 
 def features_of_batches(model: nn.Module, variables: dict, batches: Iterable[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Penultimate features and first labels of every real (unmasked) example, in order."""
-    mesh = data_mesh()
-    batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
-    replicated = NamedSharding(mesh, P())
-    variables = jax.device_put(variables, replicated)
+    variables, batch_sharding, replicated = _place(variables)
 
     @jax.jit
     def forward(variables, batch):
