@@ -86,6 +86,34 @@ def validate(config: ml_collections.ConfigDict, rules: dict[str, Callable[[objec
             raise ConfigError(f"config key '{key}' = {value!r} is not {allowed}")
 
 
+def _as_json(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def changed_keys(old: object, new: object, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two JSON trees (added and removed keys included)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [k for key in keys for k in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> None:
+    """Refuses to continue a work dir's job under a different config: its finished stages would be
+    skipped as they are, so the report would silently mix the two configs."""
+    path = os.path.join(workdir, "config.json")
+    if allow_change or not os.path.exists(path):
+        return
+    with open(path) as f:
+        changed = changed_keys(json.load(f), _as_json(config))
+    if changed:
+        shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+        raise ConfigError(
+            f"work dir {workdir} holds a job run with a different config ({shown}); its finished stages "
+            "would be reused unchanged. Use a new --workdir, or pass --allow_config_change to keep them"
+        )
+
+
 def save_resolved(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes the resolved config as JSON into the work dir (atomic); returns the path."""
     path = os.path.join(workdir, "config.json")

@@ -24,6 +24,10 @@ _MULTIHOST = flags.DEFINE_bool(
     "multihost", False,
     "Call jax.distributed.initialize() first (TPU pods, SLURM, or JAX_COORDINATOR_ADDRESS set).",
 )
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Continue a work dir whose config.json differs from this config (finished stages are kept as they are).",
+)
 _STAGES = flags.DEFINE_list(
     "stages", [], f"Subset of stages to run, in pipeline order; all when empty. Known: {stages.STAGE_NAMES}."
 )
@@ -37,6 +41,7 @@ def main(argv: list[str]) -> int:
         selected = stages.select_stages(_STAGES.value)
         config = _CONFIG.value
         stages.validate_config(config)
+        config_cli.check_workdir_config(config, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
     except config_cli.ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -70,6 +70,22 @@ def test_good_overrides_reach_the_resolved_config(tmp_path):
     assert os.path.exists(tmp_path / "stages" / "prepare.json")
     assert not os.path.exists(tmp_path / "stages" / "pretrain_source.json")
 
+    # The same work dir under a different config is refused (its stages would be reused), unless asked.
+    changed = _launch("--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--stages=prepare")
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    assert "different config (pretrain.steps, selection.methods, weights.temperature)" in changed.stderr
+    assert json.load(open(tmp_path / "config.json"))["pretrain"]["steps"] == 7  # left as it was
+    allowed = _launch("--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--stages=prepare", "--allow_config_change")
+    assert allowed.returncode == 0 and "prepare: complete, skipped" in allowed.stdout
+    assert json.load(open(tmp_path / "config.json"))["pretrain"]["steps"] == 6
+
+
+def test_changed_keys_names_every_difference():
+    old = {"a": 1, "sub": {"x": [1, 2], "y": "s"}, "gone": 0}
+    new = {"a": 1, "sub": {"x": [1, 3], "y": "s"}, "added": {"z": 1}}
+    assert config_cli.changed_keys(old, new) == ["added", "gone", "sub.x"]
+    assert config_cli.changed_keys(old, old) == []
+
 
 def test_select_stages_keeps_pipeline_order():
     assert stages.select_stages([]) == stages.STAGE_NAMES

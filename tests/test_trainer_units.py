@@ -238,3 +238,26 @@ def test_prepare_model_config_sets_classes_dtype_bn():
     assert (out.num_classes, out.image_size, out.dtype, out.bn_axis_name) == (37, 75, "bfloat16", "batch")
     assert out.bn_momentum == pytest.approx(0.9)  # max(1 - 10/37, 0.9)
     assert model_config.num_classes == 1000  # the caller's config is not modified
+
+
+def test_runs_share_programs_across_seeds_and_results_do_not_depend_on_sharing(tmp_path):
+    from trainer import programs
+
+    c = tiny_config(config_lib.finetune_config(), seed=1)
+    shared = programs.programs_for(c, SmallCNN(), 4, 1)
+    c2 = tiny_config(config_lib.finetune_config(), seed=2, checkpoint_every_steps=7, log_every_steps=3)
+    assert programs.programs_for(c2, SmallCNN(), 4, 1) is shared  # host-side fields only differ
+    assert programs.programs_for(tiny_config(config_lib.finetune_config(), learning_rate=0.5), SmallCNN(), 4, 1) is not shared
+    assert programs.programs_for(c, SmallCNN(width=4), 4, 1) is not shared
+    assert programs.programs_for(c, SmallCNN(), 5, 1) is not shared
+
+    seeded = _run(tmp_path / "a", c2, SmallCNN())  # runs on the shared (already traced) programs
+    programs._build.cache_clear()
+    fresh = _run(tmp_path / "b", c2, SmallCNN())  # rebuilt from nothing
+    a = checkpoint.load_variables(str(tmp_path / "a"), use_ema=False)
+    b = checkpoint.load_variables(str(tmp_path / "b"), use_ema=False)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert seeded["loss"] == fresh["loss"]
+    _run(tmp_path / "c", c, SmallCNN())  # seed 1 on seed 2's programs: the seed is an argument, not a constant
+    other_seed = checkpoint.load_variables(str(tmp_path / "c"), use_ema=False)
+    assert not np.array_equal(other_seed["params"]["head"]["kernel"], a["params"]["head"]["kernel"])

@@ -7,6 +7,7 @@ once across devices and processes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import flax.linen as nn
@@ -48,10 +49,10 @@ def _place(variables: dict) -> tuple[dict, NamedSharding, NamedSharding]:
     return jax.device_put(variables, replicated), NamedSharding(mesh, P(DATA_AXIS)), replicated
 
 
-def evaluate_batches(model: nn.Module, variables: dict, batches: Iterable[dict[str, np.ndarray]], num_classes: int) -> dict[str, float]:
-    """Accuracy of `variables` over `batches` (with `mask`); a class is an example's first label, a
-    prediction is correct when it is any of the example's labels."""
-    variables, batch_sharding, _ = _place(variables)
+# Programs are cached per (model, ...) so that evaluating many runs of one job traces the model once.
+@functools.lru_cache(maxsize=8)
+def _counts_program(model: nn.Module, num_classes: int):
+    """(variables, batch) -> per-class (correct, count) over the batch's unmasked examples."""
 
     @jax.jit
     def counts(variables, batch):
@@ -62,6 +63,27 @@ def evaluate_batches(model: nn.Module, variables: dict, batches: Iterable[dict[s
         classes = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.int32) * valid[:, None]
         return jnp.sum(classes * hit[:, None], axis=0), jnp.sum(classes, axis=0)
 
+    return counts
+
+
+@functools.lru_cache(maxsize=8)
+def _features_program(model: nn.Module, replicated: NamedSharding):
+    """(variables, batch) -> (features, mask, label), gathered onto every device."""
+
+    @jax.jit
+    def forward(variables, batch):
+        features = model.apply(variables, batch["image"], train=False)["features"]
+        gathered = (features.astype(jnp.float32), batch["mask"], batch["label"])
+        return jax.lax.with_sharding_constraint(gathered, replicated)
+
+    return forward
+
+
+def evaluate_batches(model: nn.Module, variables: dict, batches: Iterable[dict[str, np.ndarray]], num_classes: int) -> dict[str, float]:
+    """Accuracy of `variables` over `batches` (with `mask`); a class is an example's first label, a
+    prediction is correct when it is any of the example's labels."""
+    variables, batch_sharding, _ = _place(variables)
+    counts = _counts_program(model, num_classes)
     correct = np.zeros(num_classes, np.int64)
     count = np.zeros(num_classes, np.int64)
     for batch in batches:
@@ -74,13 +96,7 @@ def evaluate_batches(model: nn.Module, variables: dict, batches: Iterable[dict[s
 def features_of_batches(model: nn.Module, variables: dict, batches: Iterable[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Penultimate features and first labels of every real (unmasked) example, in order."""
     variables, batch_sharding, replicated = _place(variables)
-
-    @jax.jit
-    def forward(variables, batch):
-        features = model.apply(variables, batch["image"], train=False)["features"]
-        gathered = (features.astype(jnp.float32), batch["mask"], batch["label"])
-        return jax.lax.with_sharding_constraint(gathered, replicated)
-
+    forward = _features_program(model, replicated)
     feats, labels = [], []
     for batch in batches:
         features, mask, label = (_fetch(x) for x in forward(variables, _put(batch, batch_sharding)))

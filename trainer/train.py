@@ -16,18 +16,16 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
 from data import atomic, manifest
 from trainer import metrics as metrics_lib
-from trainer import optim, schedules, warm_start
+from trainer import programs as programs_lib
+from trainer import schedules, warm_start
 from trainer.checkpoint import Checkpointer
-from trainer.parallel import PMAP_AXIS, make_runner
-from trainer.state import create_state
-from trainer.step import make_train_step
+from trainer.parallel import PMAP_AXIS
 
 FINAL_NAME = "final.json"
 
@@ -79,23 +77,9 @@ def fit(
     if os.path.exists(final_path):
         return atomic.read_json(final_path)
     os.makedirs(workdir, exist_ok=True)
-    schedule = schedules.warmup_cosine(
-        float(config.learning_rate), warmup_steps, total_steps, float(config.end_learning_rate)
-    )
-    tx = optim.build_optimizer(config, schedule)
+    programs = programs_lib.programs_for(config, model, total_steps, warmup_steps)
     init_key, state_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))
-    dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    use_ema = float(config.ema_decay) > 0
-    init_variables = jax.jit(lambda: model.init({"params": init_key, "dropout": init_key}, dummy, train=False))
-    make_state = jax.jit(lambda variables: create_state(variables, tx, state_key, use_ema))
-    abstract = jax.eval_shape(lambda: make_state(init_variables()))
-    runner = make_runner(
-        config.parallelism,
-        lambda axis_name: make_train_step(model, config, tx, schedule, axis_name),
-        abstract,
-        bool(config.fsdp),
-        int(config.fsdp_min_size),
-    )
+    runner, abstract = programs.runner, programs.abstract_state
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, every_steps=config.checkpoint_every_steps)
     iterator = make_iterator()
     latest = ckpt.latest_step()
@@ -105,11 +89,11 @@ def fit(
         state = runner.put_restored(restored)
         logging.info("%s: resumed from step %d", stage_name, latest)
     else:
-        variables = init_variables()
+        variables = programs.init_variables(init_key)
         if init_from:
             variables, reinit = warm_start.load_pretrained(init_from, jax.device_get(variables), config)
             print(f"[{stage_name}] initialised from {init_from}; re-initialised heads: {reinit or 'none'}", flush=True)
-        state = runner.put_state(make_state(variables))
+        state = runner.put_state(programs.make_state(variables, state_key))
     step = int(latest or 0)
     global_batch = int(config.global_batch_size)
     writer = metrics_lib.MetricsWriter(os.path.join(workdir, "tb"))

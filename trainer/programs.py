@@ -1,0 +1,85 @@
+"""The jitted programs of a training run, built once per process for each distinct program.
+
+A job trains many runs that differ only in seed, data or initial weights (fine-tuning seeds times
+pre-training choices, sweep grid points). Building the step anew for each run re-traces the model
+every time (seconds for Inception-v3) and, without a warm persistent cache, recompiles it (tens of
+seconds on CPU). Runs whose programs are identical (same model, same step-relevant config, same
+schedule length) share one `Programs` here, so after the first run jax's own caches serve them.
+Seeds are arguments of the programs, not constants baked into them, for the same reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from trainer import optim, schedules
+from trainer.parallel import make_runner
+from trainer.state import TrainState, create_state
+from trainer.step import make_train_step
+
+# Trainer config fields that never reach a compiled program: the host-side loop, the input pipeline,
+# and durations (resolved into total/warm-up steps) and BatchNorm momentum (resolved into the model).
+HOST_SIDE_FIELDS = frozenset(
+    {
+        "seed", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps", "eval_batch_size",
+        "worker_count", "init_from_ema", "reinit_head", "eval_with_ema", "augment", "flip",
+        "min_crop_area", "steps", "epochs", "warmup_steps", "warmup_epochs", "bn_momentum",
+    }
+)
+_CACHE_SIZE = 8  # distinct programs kept per process (a sweep visits many; each holds executables)
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+    """What `fit` runs: the schedule and optimiser, init, state creation, and the parallel step."""
+
+    schedule: Callable[[jax.Array], jax.Array]
+    tx: optax.GradientTransformation
+    init_variables: Callable[[jax.Array], dict]  # key -> variables
+    make_state: Callable[[dict, jax.Array], TrainState]  # (variables, key) -> state
+    abstract_state: Any
+    runner: Any  # trainer.parallel.JitRunner | PmapRunner
+
+
+def step_config_key(config: ml_collections.ConfigDict) -> str:
+    """The part of a trainer config that the compiled programs depend on, as a canonical string."""
+    fields = {k: v for k, v in config.to_dict().items() if k not in HOST_SIDE_FIELDS}
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+def programs_for(config: ml_collections.ConfigDict, model: nn.Module, total_steps: int, warmup_steps: int) -> Programs:
+    """The run's programs, shared with every earlier run in this process that needs the same ones."""
+    return _build(model, step_config_key(config), int(total_steps), int(warmup_steps))
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _build(model: nn.Module, config_key: str, total_steps: int, warmup_steps: int) -> Programs:
+    config = ml_collections.ConfigDict(json.loads(config_key))
+    schedule = schedules.warmup_cosine(
+        float(config.learning_rate), warmup_steps, total_steps, float(config.end_learning_rate)
+    )
+    tx = optim.build_optimizer(config, schedule)
+    dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+    use_ema = float(config.ema_decay) > 0
+    init_variables = jax.jit(lambda key: model.init({"params": key, "dropout": key}, dummy, train=False))
+    make_state = jax.jit(lambda variables, key: create_state(variables, tx, key, use_ema))
+    key_shape = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+    abstract = jax.eval_shape(make_state, jax.eval_shape(init_variables, key_shape), key_shape)
+    runner = make_runner(
+        config.parallelism,
+        lambda axis_name: make_train_step(model, config, tx, schedule, axis_name),
+        abstract,
+        bool(config.fsdp),
+        int(config.fsdp_min_size),
+    )
+    return Programs(schedule, tx, init_variables, make_state, abstract, runner)
