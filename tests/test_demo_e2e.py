@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from tests.conftest import FAST_COMPILE_FLAGS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = ["pretraining_data", "target", "top1_mean", "top1_std", "mean_per_class_mean", "mean_per_class_std", "seeds"]
 
@@ -18,8 +20,9 @@ def _command(workdir):
 
 
 def _env(cache):
-    # One compilation cache for both runs: the second run then traces but does not recompile.
-    return dict(os.environ, PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=str(cache), XLA_FLAGS="")
+    # One compilation cache for all runs: later runs trace but do not recompile. One CPU device, as
+    # the demo runs, with conftest's fast-compile flags.
+    return dict(os.environ, PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=str(cache), XLA_FLAGS=FAST_COMPILE_FLAGS)
 
 
 @pytest.mark.slow

@@ -49,7 +49,7 @@ def _main(workdir: str, shard_dir: str, delay: float) -> None:
 
 
 def _start(workdir, shard_dir, delay=0.0):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}  # XLA_FLAGS as conftest set them
     return subprocess.Popen([sys.executable, os.path.abspath(__file__), workdir, shard_dir, str(delay)], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

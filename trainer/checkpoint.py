@@ -7,6 +7,7 @@ and renames it when complete, so a killed job leaves either the previous checkpo
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -81,10 +82,34 @@ def load_raw_state(workdir: str, step: int | None = None) -> dict:
 def load_variables(workdir: str, use_ema: bool = True) -> dict:
     """The latest checkpoint's model variables for inference: dict(params=..., batch_stats=...).
 
-    EMA weights when `use_ema` and the run kept an EMA, else the raw weights.
+    EMA weights when `use_ema` and the run kept an EMA, else the raw weights. A job reads the same
+    run several times (weights, then one fine-tune per seed), so recent reads are kept in memory;
+    the arrays are read-only for that reason.
     """
-    state = load_raw_state(workdir)
-    to_np = lambda tree: {k: to_np(v) if isinstance(v, dict) else np.asarray(v) for k, v in tree.items()}  # noqa: E731
+    directory = checkpoint_dir(workdir)
+    with ocp.CheckpointManager(directory) as manager:
+        step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint under {directory}")
+    stat = os.stat(os.path.join(directory, str(step)))  # a re-created run dir is a new entry
+    return _load_variables(directory, step, stat.st_ino, stat.st_mtime_ns, bool(use_ema))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_variables(directory: str, step: int, inode: int, mtime_ns: int, use_ema: bool) -> dict:
+    del inode, mtime_ns  # cache key only
+    state = load_raw_state(os.path.dirname(directory), step)
+
+    def to_np(tree):
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                out[key] = to_np(value)
+            else:
+                out[key] = np.array(value)
+                out[key].flags.writeable = False
+        return out
+
     if use_ema and state.get("ema_params"):
         return {"params": to_np(state["ema_params"]), "batch_stats": to_np(state.get("ema_batch_stats") or {})}
     return {"params": to_np(state["params"]), "batch_stats": to_np(state.get("batch_stats") or {})}
