@@ -5,6 +5,9 @@ same probe on random-init features. The real tiny Inception-v3 goes through `tra
 `extract_features` end to end (slow: its compiles dominate on CPU)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +19,8 @@ from tests.trainer_testlib import SmallCNN
 from trainer import checkpoint, config as config_lib, linear_probe
 from trainer.evaluate import evaluate, evaluate_batches, extract_features, features_of_batches
 from trainer.train import fit, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +63,10 @@ def test_short_run_beats_chance_and_random_init_probe(target, tmp_path):
     assert probe_trained["top1"] > probe_random["top1"] + 0.03
 
 
-@pytest.mark.slow
-def test_tiny_inception_train_evaluate_extract(target, tmp_path):
+def _inception_fit(train_dir: str, test_dir: str, workdir: str) -> None:
+    """Trains the tiny Inception-v3 on the training split; prints the JSON the test checks."""
     from configs.models.inception_v3 import get_config
 
-    train_set, test_set = target
-    k = train_set.num_labels
     model_config = get_config()
     model_config.width_multiplier, model_config.dropout_rate = 0.25, 0.0
     c = config_lib.finetune_config()
@@ -72,14 +75,34 @@ def test_tiny_inception_train_evaluate_extract(target, tmp_path):
     c.optimizer, c.learning_rate, c.weight_decay, c.augment = "adam", 1e-3, 0.0, False
     c.steps, c.warmup_steps = 150, 0
     c.checkpoint_every_steps, c.log_every_steps = 1000, 50
-    workdir = str(tmp_path / "run")
-    result = train(c, model_config=model_config, train_dir=train_set.directory, workdir=workdir, stage_name="embedded")
-    fitted = evaluate(c, model_config=model_config, workdir=workdir, data_dir=train_set.directory)
-    scores = evaluate(c, model_config=model_config, workdir=workdir, data_dir=test_set.directory)
-    features, labels = extract_features(c, model_config=model_config, workdir=workdir, data_dir=test_set.directory)
-    print("EMBEDDED_INCEPTION", json.dumps({"chance": 1 / k, "train_loss": result["loss"], "train_split": fitted, "test_split": scores}))
-    assert scores["num_examples"] == 10 * k == len(labels) == len(features)
-    assert features.shape[1] == 2048 // 4 and np.isfinite(features).all()
+    result = train(c, model_config=model_config, train_dir=train_dir, workdir=workdir, stage_name="embedded")
+    fitted = evaluate(c, model_config=model_config, workdir=workdir, data_dir=train_dir)
+    scores = evaluate(c, model_config=model_config, workdir=workdir, data_dir=test_dir)
+    features, labels = extract_features(c, model_config=model_config, workdir=workdir, data_dir=test_dir)
+    print("EMBEDDED_INCEPTION " + json.dumps({
+        "train_loss": result["loss"], "train_split": fitted, "test_split": scores, "num_features": len(features),
+        "num_labels": len(labels), "feature_dim": features.shape[1], "finite": bool(np.isfinite(features).all()),
+    }), flush=True)
+
+
+@pytest.mark.slow
+def test_tiny_inception_train_evaluate_extract(target, tmp_path):
+    # 150 steps at batch 64: execution-bound, so this one runs in a process with XLA's full CPU
+    # optimisation (conftest's fast-compile flags would make each step ~3x slower).
+    train_set, test_set = target
+    k = train_set.num_labels
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    command = [sys.executable, os.path.abspath(__file__), train_set.directory, test_set.directory, str(tmp_path / "run")]
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    out = json.loads(done.stdout.split("EMBEDDED_INCEPTION ", 1)[1].splitlines()[0])
+    print("EMBEDDED_INCEPTION", json.dumps({"chance": 1 / k, **out}))
+    assert out["test_split"]["num_examples"] == 10 * k == out["num_labels"] == out["num_features"]
+    assert out["feature_dim"] == 2048 // 4 and out["finite"]
     # From scratch on 20 images per class the model fits its training split (evaluated in inference
     # mode, so BatchNorm's running statistics are right too); test accuracy needs pre-training.
-    assert fitted["top1"] > 0.5
+    assert out["train_split"]["top1"] > 0.5
+
+
+if __name__ == "__main__":
+    _inception_fit(*sys.argv[1:4])

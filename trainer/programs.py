@@ -37,6 +37,7 @@ HOST_SIDE_FIELDS = frozenset(
     }
 )
 _CACHE_SIZE = 8  # distinct programs kept per process (a sweep visits many; each holds executables)
+_CHEAP_CPU_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,15 @@ def programs_for(config: ml_collections.ConfigDict, model: nn.Module, total_step
     return _build(model, step_config_key(config), int(total_steps), int(warmup_steps))
 
 
+def _compile_run_once(jitted: Callable, *example_args: Any) -> Callable:
+    """Compiles a program that runs once per run (initialisation) without XLA's expensive CPU
+    optimisations: Inception-v3's init (hundreds of RNG ops) then compiles ~4x faster (11 s vs 41 s at
+    width 0.25), and its single execution does not notice. Other backends compile as usual."""
+    if jax.default_backend() != "cpu":
+        return jitted
+    return jitted.lower(*example_args).compile(compiler_options=_CHEAP_CPU_COMPILE)
+
+
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _build(model: nn.Module, config_key: str, total_steps: int, warmup_steps: int) -> Programs:
     config = ml_collections.ConfigDict(json.loads(config_key))
@@ -71,10 +81,11 @@ def _build(model: nn.Module, config_key: str, total_steps: int, warmup_steps: in
     tx = optim.build_optimizer(config, schedule)
     dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
     use_ema = float(config.ema_decay) > 0
-    init_variables = jax.jit(lambda key: model.init({"params": key, "dropout": key}, dummy, train=False))
-    make_state = jax.jit(lambda variables, key: create_state(variables, tx, key, use_ema))
     key_shape = jax.eval_shape(lambda: jax.random.PRNGKey(0))
-    abstract = jax.eval_shape(make_state, jax.eval_shape(init_variables, key_shape), key_shape)
+    init = jax.jit(lambda key: model.init({"params": key, "dropout": key}, dummy, train=False))
+    make_state = jax.jit(lambda variables, key: create_state(variables, tx, key, use_ema))
+    abstract = jax.eval_shape(make_state, jax.eval_shape(init, key_shape), key_shape)
+    init_variables = _compile_run_once(init, key_shape)
     runner = make_runner(
         config.parallelism,
         lambda axis_name: make_train_step(model, config, tx, schedule, axis_name),
