@@ -65,8 +65,9 @@ def programs_for(config: ml_collections.ConfigDict, model: nn.Module, total_step
 
 def _compile_run_once(jitted: Callable, *example_args: Any) -> Callable:
     """Compiles a program that runs once per run (initialisation) without XLA's expensive CPU
-    optimisations: Inception-v3's init (hundreds of RNG ops) then compiles ~4x faster (11 s vs 41 s at
-    width 0.25), and its single execution does not notice. Other backends compile as usual."""
+    optimisations: Inception-v3's init (hundreds of RNG ops) then compiles 2-3x faster (width 0.25:
+    8.8 s vs 19.6 s on 2 cores, BENCHMARKS.md), and its single execution does not notice. Other
+    backends compile as usual."""
     if jax.default_backend() != "cpu":
         return jitted
     return jitted.lower(*example_args).compile(compiler_options=_CHEAP_CPU_COMPILE)
