@@ -87,6 +87,7 @@ def validate(config: ml_collections.ConfigDict, rules: dict[str, Callable[[objec
 
 
 def _as_json(config: ml_collections.ConfigDict) -> dict:
+    """The config as `save_resolved` writes it and `check_workdir_config` compares it."""
     return json.loads(json.dumps(config.to_dict(), default=str))
 
 
@@ -117,5 +118,5 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, allow_
 def save_resolved(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes the resolved config as JSON into the work dir (atomic); returns the path."""
     path = os.path.join(workdir, "config.json")
-    atomic.write_text(path, json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+    atomic.write_text(path, json.dumps(_as_json(config), indent=2, sort_keys=True) + "\n")
     return path

@@ -20,7 +20,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from trainer import optim, schedules
 from trainer.parallel import make_runner
@@ -42,10 +41,8 @@ _CHEAP_CPU_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_exp
 
 @dataclasses.dataclass(frozen=True)
 class Programs:
-    """What `fit` runs: the schedule and optimiser, init, state creation, and the parallel step."""
+    """What `fit` runs: init, state creation (optimiser included), and the parallel step."""
 
-    schedule: Callable[[jax.Array], jax.Array]
-    tx: optax.GradientTransformation
     init_variables: Callable[[jax.Array], dict]  # key -> variables
     make_state: Callable[[dict, jax.Array], TrainState]  # (variables, key) -> state
     abstract_state: Any
@@ -94,4 +91,4 @@ def _build(model: nn.Module, config_key: str, total_steps: int, warmup_steps: in
         bool(config.fsdp),
         int(config.fsdp_min_size),
     )
-    return Programs(schedule, tx, init_variables, make_state, abstract, runner)
+    return Programs(init_variables, make_state, abstract, runner)
