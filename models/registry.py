@@ -7,11 +7,12 @@ from collections.abc import Callable
 import flax.linen as nn
 import ml_collections
 
-from models import amoeba_net, inception_v3
+from models import amoeba_net, inception_v3, small_cnn
 from models.amoeba_net import STEM_FILTERS, AmoebaNet
 from models.genotypes import GENOTYPES
 from models.inception_v3 import InceptionV3
 from models.layers import resolve_dtype, scaled_filters
+from models.small_cnn import SmallCNN
 
 
 def _inception_v3(config: ml_collections.ConfigDict) -> nn.Module:
@@ -49,9 +50,26 @@ def _amoeba_net(config: ml_collections.ConfigDict) -> nn.Module:
     )
 
 
+def _small_cnn(config: ml_collections.ConfigDict) -> nn.Module:
+    if config.aux_head:
+        raise ValueError("small_cnn has no auxiliary head; set model.aux_head=False")
+    return SmallCNN(
+        num_classes=config.num_classes,
+        stage_filters=tuple(config.stage_filters),
+        convs_per_stage=config.convs_per_stage,
+        width_multiplier=config.width_multiplier,
+        bn_momentum=config.bn_momentum,
+        dropout_rate=config.dropout_rate,
+        dtype=resolve_dtype(config.dtype),
+        remat=config.remat,
+        bn_axis_name=config.get("bn_axis_name") or None,
+    )
+
+
 _BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
     "inception_v3": _inception_v3,
     **{name: _amoeba_net for name in GENOTYPES},  # amoeba_net_a/b/d share one builder
+    "small_cnn": _small_cnn,
 }
 
 
@@ -67,6 +85,8 @@ def block_names(config: ml_collections.ConfigDict) -> list[str]:
         return names[: names.index("Mixed_6e") + 1] + ["aux_head"] + names[names.index("Mixed_7a") :] + ["head"]
     if config.name in GENOTYPES:
         return amoeba_net.block_names(config.num_cells)
+    if config.name == "small_cnn":
+        return small_cnn.block_names(len(config.stage_filters))
     raise ValueError(f"unknown model {config.name!r}; known: {model_names()}")
 
 

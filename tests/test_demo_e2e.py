@@ -29,7 +29,7 @@ def _env(cache):
 def test_tiny_demo_end_to_end_and_resume_after_kill(tmp_path):
     cache = tmp_path / "jax_cache"
     straight = tmp_path / "straight"
-    result = subprocess.run(_command(straight), cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(_command(straight), cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "== stage 7/7 report: done" in result.stdout
     assert "img/s" in result.stdout and "eta" in result.stdout  # progress lines
@@ -46,20 +46,29 @@ def test_tiny_demo_end_to_end_and_resume_after_kill(tmp_path):
     again = subprocess.run(_command(straight), cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("complete, skipped") == 7
 
-    # Kill a fresh run with SIGKILL in the middle of pre-training on the selected shards, run it again.
+    # Kill a fresh run with SIGKILL at its first checkpoint on the selected shards, the rerun at its
+    # first finished fine-tuning run, and run it a third time: the report is the uninterrupted one.
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_command(killed), cwd=ROOT, env=_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 900
-    checkpoint_dir = killed / "pretrain" / "same" / "checkpoints"
-    while time.time() < deadline and process.poll() is None:
-        if checkpoint_dir.exists() and any(p.name.isdigit() for p in checkpoint_dir.iterdir()):
-            break
-        time.sleep(0.2)
+    _kill_when(killed, cache, lambda: _has_step(killed / "pretrain" / "same" / "checkpoints"))
+    assert not (killed / "stages" / "pretrain_selected.json").exists()
+    _kill_when(killed, cache, lambda: (killed / "finetune" / "entire_source" / "seed_0" / "test_metrics.json").exists())
+    assert not (killed / "report.csv").exists() and (killed / "stages" / "pretrain_selected.json").exists()
+    resumed = subprocess.run(_command(killed), cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "pretrain_selected: complete, skipped" in resumed.stdout
+    assert open(killed / "report.csv").read() == open(straight / "report.csv").read()
+
+
+def _has_step(checkpoint_dir):
+    return checkpoint_dir.exists() and any(p.name.isdigit() for p in checkpoint_dir.iterdir())
+
+
+def _kill_when(workdir, cache, condition):
+    """Starts the demo in `workdir` and SIGKILLs it as soon as `condition()` holds."""
+    process = subprocess.Popen(_command(workdir), cwd=ROOT, env=_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None and not condition():
+        time.sleep(0.005)
     assert process.poll() is None, "the run ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (killed / "report.csv").exists()
-    resumed = subprocess.run(_command(killed), cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=1200)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "prepare: complete, skipped" in resumed.stdout
-    assert open(killed / "report.csv").read() == open(straight / "report.csv").read()
