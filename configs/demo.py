@@ -4,7 +4,8 @@ Command (the README's main job):
     bash scripts/demo.sh
   = python -m launch.main --config=configs/demo.py --workdir=workdirs/demo
 
-`configs/demo.py:tiny` is the seconds-long variant the end-to-end test runs.
+`configs/demo.py:tiny` is the variant the end-to-end test runs: the same flow on a few hundred images
+with a small ConvNet, about 15 s per launch.
 
 Rows compared on the same target, equal pre-training steps for every pre-trained row: the entire
 source, the same-distribution matcher's shards, the elastic matcher's shards, random initialisation.
