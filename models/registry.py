@@ -15,17 +15,21 @@ from models.layers import resolve_dtype, scaled_filters
 from models.small_cnn import SmallCNN
 
 
-def _inception_v3(config: ml_collections.ConfigDict) -> nn.Module:
-    return InceptionV3(
+def _common(config: ml_collections.ConfigDict) -> dict:
+    """Fields every model takes the same way."""
+    return dict(
         num_classes=config.num_classes,
-        width_multiplier=config.width_multiplier,
-        aux_head=config.aux_head,
-        bn_scale=config.bn_scale,
         bn_momentum=config.bn_momentum,
         dropout_rate=config.dropout_rate,
         dtype=resolve_dtype(config.dtype),
         remat=config.remat,
         bn_axis_name=config.get("bn_axis_name") or None,
+    )
+
+
+def _inception_v3(config: ml_collections.ConfigDict) -> nn.Module:
+    return InceptionV3(
+        width_multiplier=config.width_multiplier, aux_head=config.aux_head, bn_scale=config.bn_scale, **_common(config)
     )
 
 
@@ -35,18 +39,13 @@ def _amoeba_net(config: ml_collections.ConfigDict) -> nn.Module:
         filters = max(4, round(config.filters * config.width_multiplier / 4) * 4)
     return AmoebaNet(
         genotype=GENOTYPES[config.name],
-        num_classes=config.num_classes,
         num_cells=config.num_cells,
         filters=filters,
         stem_filters=scaled_filters(STEM_FILTERS, config.width_multiplier),
         aux_head=config.aux_head,
         aux_scale=config.aux_scale,
         drop_path_keep_prob=config.drop_path_keep_prob,
-        dropout_rate=config.dropout_rate,
-        bn_momentum=config.bn_momentum,
-        dtype=resolve_dtype(config.dtype),
-        remat=config.remat,
-        bn_axis_name=config.get("bn_axis_name") or None,
+        **_common(config),
     )
 
 
@@ -54,15 +53,10 @@ def _small_cnn(config: ml_collections.ConfigDict) -> nn.Module:
     if config.aux_head:
         raise ValueError("small_cnn has no auxiliary head; set model.aux_head=False")
     return SmallCNN(
-        num_classes=config.num_classes,
         stage_filters=tuple(config.stage_filters),
         convs_per_stage=config.convs_per_stage,
         width_multiplier=config.width_multiplier,
-        bn_momentum=config.bn_momentum,
-        dropout_rate=config.dropout_rate,
-        dtype=resolve_dtype(config.dtype),
-        remat=config.remat,
-        bn_axis_name=config.get("bn_axis_name") or None,
+        **_common(config),
     )
 
 
