@@ -276,8 +276,24 @@ STAGES: dict[str, Callable[[ml_collections.ConfigDict, Workspace], dict]] = {
 }
 
 
+def _barrier(name: str) -> None:
+    """Multi-host jobs: no process marks a stage complete before every process has finished it."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str, names: Sequence[str] = STAGE_NAMES) -> dict:
-    """Runs the named stages in order, skipping complete ones; returns each stage's summary."""
+    """Runs the named stages in order, skipping complete ones; returns each stage's summary.
+
+    Every process of a multi-host job runs every stage (each does its share); process 0 writes the
+    marker once all have finished, so a job killed mid-stage reruns that stage on every process.
+    """
+    import jax
+
     ws = Workspace(os.path.abspath(workdir))
     os.makedirs(ws.root, exist_ok=True)
     config_cli.save_resolved(config, ws.root)
@@ -292,7 +308,9 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, names: Sequenc
         start = time.time()
         summary = STAGES[name](config, ws)
         elapsed = time.time() - start
-        atomic.write_json(marker, {"stage": name, "seconds": round(elapsed, 1), "summary": summary})
+        _barrier(f"stage {name} done")
+        if jax.process_index() == 0:
+            atomic.write_json(marker, {"stage": name, "seconds": round(elapsed, 1), "summary": summary})
         print(f"== stage {number}/{len(names)} {name}: done in {elapsed:.0f}s  {summary}", flush=True)
         summaries[name] = summary
     return summaries

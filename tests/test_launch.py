@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -124,3 +125,47 @@ def test_run_pipeline_skips_complete_stages_and_resumes_after_failure(tmp_path, 
     os.remove(tmp_path / "stages" / "finetune.json")
     stages.run_pipeline(config, str(tmp_path), ["finetune", "report"])
     assert calls == ["finetune"]
+
+
+_TWO_PROCESS_PIPELINE = """
+import os, sys, time
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, {root!r})
+import jax, ml_collections
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+pid = int(sys.argv[1])
+jax.distributed.initialize(coordinator_address="localhost:{port}", num_processes=2, process_id=pid)
+from launch import stages
+workdir = {workdir!r}
+
+def stage(name):
+    def run(config, ws):
+        if pid == 1 and name == "select":  # the slow process: the marker must not appear meanwhile
+            time.sleep(1.5)
+            print("MARKER_BEFORE_P1_DONE", os.path.exists(ws.marker("select")), flush=True)
+        return {{"ran": name, "process": pid}}
+    return run
+
+stages.STAGES = {{name: stage(name) for name in stages.STAGE_NAMES}}
+stages.run_pipeline(ml_collections.ConfigDict({{"seed": 0}}), workdir, ["weights", "select"])
+print("DONE", flush=True)
+"""
+
+
+def test_two_processes_mark_a_stage_complete_only_when_both_finished(tmp_path):
+    """Real jax.distributed on localhost: process 0 waits for process 1 before writing the marker."""
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    script = _TWO_PROCESS_PIPELINE.format(root=ROOT, port=port, workdir=str(tmp_path))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        outs.append(out)
+    assert "MARKER_BEFORE_P1_DONE False" in outs[1] and all("DONE" in o for o in outs)
+    marker = json.load(open(tmp_path / "stages" / "select.json"))
+    assert marker["summary"] == {"ran": "select", "process": 0}  # written by process 0 only
