@@ -5,7 +5,7 @@ Command (the README's main job):
   = python -m launch.main --config=configs/demo.py --workdir=workdirs/demo
 
 `configs/demo.py:tiny` is the variant the end-to-end test runs: the same flow on a few hundred images
-with a small ConvNet, about 15 s per launch.
+with a small ConvNet, under 10 s a launch.
 
 Rows compared on the same target, equal pre-training steps for every pre-trained row: the entire
 source, the same-distribution matcher's shards, the elastic matcher's shards, random initialisation.
