@@ -65,14 +65,21 @@ class Checkpointer:
         self._manager.close()
 
 
+def _latest_step(directory: str) -> int:
+    """The newest complete checkpoint's step under `directory`; FileNotFoundError when there is none."""
+    with ocp.CheckpointManager(directory) as manager:
+        step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint under {directory}")
+    return step
+
+
 def load_raw_state(workdir: str, step: int | None = None) -> dict:
-    """The saved train state as nested dicts of host numpy arrays, whatever device layout saved it
-    (an FSDP run on a pod reads back on one CPU)."""
+    """The saved train state (latest step unless `step`) as nested dicts of host numpy arrays,
+    whatever device layout saved it (an FSDP run on a pod reads back on one CPU)."""
+    step = _latest_step(checkpoint_dir(workdir)) if step is None else step
     handlers = {"state": ocp.StandardCheckpointHandler(), "iterator": ocp.JsonCheckpointHandler()}
     with ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=handlers) as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint under {checkpoint_dir(workdir)}")
         metadata = manager.item_metadata(step)["state"]
         target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metadata)  # lazily zeroed host buffers
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
@@ -87,10 +94,7 @@ def load_variables(workdir: str, use_ema: bool = True) -> dict:
     the arrays are read-only for that reason.
     """
     directory = checkpoint_dir(workdir)
-    with ocp.CheckpointManager(directory) as manager:
-        step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint under {directory}")
+    step = _latest_step(directory)
     stat = os.stat(os.path.join(directory, str(step)))  # a re-created run dir is a new entry
     return _load_variables(directory, step, stat.st_ino, stat.st_mtime_ns, bool(use_ema))
 
