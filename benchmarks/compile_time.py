@@ -35,10 +35,15 @@ def main() -> None:
 
     from configs.models.inception_v3 import get_config
     from models.registry import build_model
-    from trainer import config as config_lib, programs
+    from trainer import config as config_lib
+    from trainer import programs
 
     model_config = get_config()
-    model_config.width_multiplier, model_config.num_classes, model_config.image_size = args.width, args.num_classes, args.image_size
+    model_config.width_multiplier, model_config.num_classes, model_config.image_size = (
+        args.width,
+        args.num_classes,
+        args.image_size,
+    )
     config = config_lib.finetune_config()
     config.optimizer, config.image_size, config.global_batch_size = "adam", args.image_size, args.batch
     model = build_model(model_config)
@@ -57,12 +62,14 @@ def main() -> None:
 
     state = ours.runner.put_state(ours.make_state(variables, key))
     labels = np.arange(args.batch) % args.num_classes
-    batch = ours.runner.put_batch({
-        "image": np.zeros((args.batch, args.image_size, args.image_size, 3), np.float32),
-        "label": labels.astype(np.int32),
-        "labels": np.eye(args.num_classes, dtype=np.float32)[labels],
-        "weight": np.ones(args.batch, np.float32),
-    })
+    batch = ours.runner.put_batch(
+        {
+            "image": np.zeros((args.batch, args.image_size, args.image_size, 3), np.float32),
+            "label": labels.astype(np.int32),
+            "labels": np.eye(args.num_classes, dtype=np.float32)[labels],
+            "weight": np.ones(args.batch, np.float32),
+        }
+    )
     start = time.perf_counter()
     state, metrics = ours.runner.step(state, batch)
     jax.block_until_ready(metrics)
@@ -72,15 +79,19 @@ def main() -> None:
         state, metrics = ours.runner.step(state, batch)
     jax.block_until_ready(metrics)
     step_s = (time.perf_counter() - start) / args.steps
-    print(json.dumps({
-        "model": f"inception_v3 width {args.width} at {args.image_size} px, batch {args.batch}",
-        "backend": jax.default_backend(),
-        "init_compile_s_ours": round(ours_init_s, 1),
-        "init_compile_s_plain_jit": round(peer_init_s, 1),
-        "ratio_plain_over_ours": round(peer_init_s / ours_init_s, 2),
-        "train_step_first_call_s": round(step_compile_s, 1),
-        "train_step_ms": round(step_s * 1000, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "model": f"inception_v3 width {args.width} at {args.image_size} px, batch {args.batch}",
+                "backend": jax.default_backend(),
+                "init_compile_s_ours": round(ours_init_s, 1),
+                "init_compile_s_plain_jit": round(peer_init_s, 1),
+                "ratio_plain_over_ours": round(peer_init_s / ours_init_s, 2),
+                "train_step_first_call_s": round(step_compile_s, 1),
+                "train_step_ms": round(step_s * 1000, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

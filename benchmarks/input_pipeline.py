@@ -45,9 +45,11 @@ def _jpeg(seed: int, size=(500, 375)) -> bytes:
 def build(directory: str, num_records: int, num_labels: int = 100) -> str:
     images = [_jpeg(i) for i in range(min(num_records, 64))]
     prepare.write_shard_set(
-        directory, num_records,
+        directory,
+        num_records,
         lambda i: records.Example(images[i % len(images)], (i % num_labels,), b"%d" % i),
-        label_names=[f"l{k}" for k in range(num_labels)], num_shards=4,
+        label_names=[f"l{k}" for k in range(num_labels)],
+        num_shards=4,
     )
     return directory
 
@@ -64,11 +66,20 @@ def per_core(directory: str, size: int, seconds: float) -> tuple[float, float]:
     return count / (time.perf_counter() - start), count / (time.thread_time() - cpu)
 
 
-def through_grain(directory: str, size: int, seconds: float, threads: int, workers: int, batch: int) -> tuple[float, float]:
+def through_grain(
+    directory: str, size: int, seconds: float, threads: int, workers: int, batch: int
+) -> tuple[float, float]:
     """(records/s wall, records per CPU-second of this process) through `train_iterator`."""
     it = pipeline.train_iterator(
-        directory, global_batch_size=batch, image_size=size, seed=0, num_classes=100,
-        read_threads=threads, worker_count=workers, process_index=0, process_count=1,
+        directory,
+        global_batch_size=batch,
+        image_size=size,
+        seed=0,
+        num_classes=100,
+        read_threads=threads,
+        worker_count=workers,
+        process_index=0,
+        process_count=1,
     )
     next(it)  # start-up (worker processes, first fill) is not throughput
     count, start, cpu = 0, time.perf_counter(), time.process_time()
@@ -86,24 +97,42 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[299, 75])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--configs", nargs="+", default=["1x0", "2x0", "1x2"], help="THREADSxWORKERS for the grain runs")
+    parser.add_argument(
+        "--configs", nargs="+", default=["1x0", "2x0", "1x2"], help="THREADSxWORKERS for the grain runs"
+    )
     args = parser.parse_args()
     cores = os.cpu_count()
     with tempfile.TemporaryDirectory() as tmp:
         directory = build(os.path.join(tmp, "shards"), args.records)
-        kb = np.mean([os.path.getsize(f) for f in prepare.manifest.load_manifest(directory).files]) * 4 / args.records / 1024
+        kb = (
+            np.mean([os.path.getsize(f) for f in prepare.manifest.load_manifest(directory).files])
+            * 4
+            / args.records
+            / 1024
+        )
         print(f"host: {cores} CPU cores; {args.records} JPEG records, {kb:.0f} KB each, 500x375")
-        print("| resolution | path | threads x workers | records/s (wall) | records per CPU-second "
-              "| ratio to peer (wall) | ratio to peer (per CPU-second) |")
+        print(
+            "| resolution | path | threads x workers | records/s (wall) | records per CPU-second "
+            "| ratio to peer (wall) | ratio to peer (per CPU-second) |"
+        )
         print("|---|---|---|---|---|---|---|")
         for size in args.sizes:
             peer_wall, peer_cpu = per_core(directory, size, args.seconds)
-            print(f"| {size} | peer: plain loop, no grain | 1 x 0 | {peer_wall:.0f} | {peer_cpu:.0f} | 1.00 | 1.00 |", flush=True)
+            print(
+                f"| {size} | peer: plain loop, no grain | 1 x 0 | {peer_wall:.0f} | {peer_cpu:.0f} | 1.00 | 1.00 |",
+                flush=True,
+            )
             for config in args.configs:
                 threads, workers = (int(v) for v in config.split("x"))
                 wall, per_cpu = through_grain(directory, size, args.seconds, threads, workers, args.batch)
-                cpu_text = f"{per_cpu:.0f} | {wall / peer_wall:.2f} | {per_cpu / peer_cpu:.2f}" if workers == 0 else f"n/a (workers) | {wall / peer_wall:.2f} | n/a"
-                print(f"| {size} | grain train_iterator | {threads} x {workers} | {wall:.0f} | {cpu_text} |", flush=True)
+                cpu_text = (
+                    f"{per_cpu:.0f} | {wall / peer_wall:.2f} | {per_cpu / peer_cpu:.2f}"
+                    if workers == 0
+                    else f"n/a (workers) | {wall / peer_wall:.2f} | n/a"
+                )
+                print(
+                    f"| {size} | grain train_iterator | {threads} x {workers} | {wall:.0f} | {cpu_text} |", flush=True
+                )
 
 
 if __name__ == "__main__":

@@ -43,20 +43,25 @@ def main() -> None:
     attributed = np.maximum(1, (raw_counts / args.labels_per_example)).astype(np.int64)
     pt = rng.dirichlet(np.full(args.labels, 0.05))
     names = [f"label{i}" for i in range(args.labels)]
-    print(f"labels {args.labels}, examples {args.examples:,}, label occurrences {raw_counts.sum():,}, "
-          f"selection {args.size:,}")
+    print(
+        f"labels {args.labels}, examples {args.examples:,}, label occurrences {raw_counts.sum():,}, "
+        f"selection {args.size:,}"
+    )
 
     for matcher in ("same", "elastic", "uniform", "reverse"):
         start = time.perf_counter()
-        plan = plan_lib.make_plan(matcher, label_names=names, counts=raw_counts, pt=pt, size=args.size,
-                                  top_k=4000, num_examples=args.examples)
+        plan = plan_lib.make_plan(
+            matcher, label_names=names, counts=raw_counts, pt=pt, size=args.size, top_k=4000, num_examples=args.examples
+        )
         planned = time.perf_counter()
         plan = plan_lib.replan(plan, attributed)
         draws = plan.draws(0)
         done = time.perf_counter()
         assert draws.sum() == args.size
-        print(f"  {matcher:8s} plan {1e3 * (planned - start):7.2f} ms, replan on attributed counts + exact "
-              f"integer draws {1e3 * (done - planned):7.2f} ms, expected unique {plan.unique.sum():,.0f}")
+        print(
+            f"  {matcher:8s} plan {1e3 * (planned - start):7.2f} ms, replan on attributed counts + exact "
+            f"integer draws {1e3 * (done - planned):7.2f} ms, expected unique {plan.unique.sum():,.0f}"
+        )
 
     # per-shard attributed counts: every label's examples spread over the shards
     start = time.perf_counter()
@@ -64,11 +69,17 @@ def main() -> None:
     label, shard = np.nonzero(per_shard)
     count = per_shard[label, shard]
     del per_shard
-    print(f"simulated {args.shards} shards: {len(count):,} non-zero (shard, label) counts "
-          f"in {time.perf_counter() - start:.1f} s")
+    print(
+        f"simulated {args.shards} shards: {len(count):,} non-zero (shard, label) counts "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
     for matcher in ("same", "elastic"):
-        plan = plan_lib.replan(plan_lib.make_plan(matcher, label_names=names, counts=raw_counts, pt=pt,
-                                                  size=args.size, num_examples=args.examples), attributed)
+        plan = plan_lib.replan(
+            plan_lib.make_plan(
+                matcher, label_names=names, counts=raw_counts, pt=pt, size=args.size, num_examples=args.examples
+            ),
+            attributed,
+        )
         draws = plan.draws(0)
         start = time.perf_counter()
         entry = write.allocate(shard, label, count, draws, seed=0, with_replacement=plan.with_replacement)

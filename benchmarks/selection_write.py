@@ -107,20 +107,28 @@ def main() -> None:
         print(f"built corpus in {time.perf_counter() - start:.0f} s")
     source = manifest.load_manifest(src, verify=False)
     corpus_bytes = sum(os.path.getsize(f) for f in source.files)
-    print(f"corpus: {source.num_records:,} examples, {source.num_labels} labels, {len(source.files)} shards, "
-          f"{corpus_bytes / 1e6:.0f} MB ({corpus_bytes / source.num_records:.0f} B/record)")
+    print(
+        f"corpus: {source.num_records:,} examples, {source.num_labels} labels, {len(source.files)} shards, "
+        f"{corpus_bytes / 1e6:.0f} MB ({corpus_bytes / source.num_records:.0f} B/record)"
+    )
 
     rng = np.random.default_rng(1)
-    plan = plan_lib.same_distribution(source.label_names, np.asarray(source.label_counts),
-                                      rng.dirichlet(np.full(source.num_labels, 0.05)),
-                                      round(args.fraction * source.num_records), num_examples=source.num_records)
+    plan = plan_lib.same_distribution(
+        source.label_names,
+        np.asarray(source.label_counts),
+        rng.dirichlet(np.full(source.num_labels, 0.05)),
+        round(args.fraction * source.num_records),
+        num_examples=source.num_records,
+    )
     plan_path = os.path.join(args.dir, "plan.pkl")
     with open(plan_path, "wb") as handle:
         pickle.dump(plan, handle)
 
     write_mb, read_mb = disk_bandwidth(args.dir, corpus_bytes)
-    print(f"disk (dd-like, 8 MiB blocks): sequential write+fsync {write_mb:.0f} MB/s, read {read_mb:.0f} MB/s "
-          f"(read likely from page cache)")
+    print(
+        f"disk (dd-like, 8 MiB blocks): sequential write+fsync {write_mb:.0f} MB/s, read {read_mb:.0f} MB/s "
+        f"(read likely from page cache)"
+    )
 
     index_dir = os.path.join(args.dir, "label_index")
     shutil.rmtree(index_dir, ignore_errors=True)
@@ -128,23 +136,29 @@ def main() -> None:
     for count, cache in [(1, "cold"), (1, "warm"), (args.processes, "warm")]:
         out = os.path.join(args.dir, f"out_p{count}")
         shutil.rmtree(out, ignore_errors=True)
-        script = _CHILD.format(root=ROOT, plan=plan_path, src=src, out=out, rps=args.records_per_shard,
-                               index=index_dir)
+        script = _CHILD.format(root=ROOT, plan=plan_path, src=src, out=out, rps=args.records_per_shard, index=index_dir)
         start = time.perf_counter()
-        procs = [subprocess.Popen([sys.executable, "-c", script, str(i), str(count)], stdout=subprocess.PIPE)
-                 for i in range(count)]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", script, str(i), str(count)], stdout=subprocess.PIPE)
+            for i in range(count)
+        ]
         outputs = [p.communicate()[0].decode().split() for p in procs]
         wall = time.perf_counter() - start
         assert all(p.returncode == 0 for p in procs)
         written = manifest.load_manifest(out, verify=False)
         out_bytes = sum(os.path.getsize(f) for f in written.files)
         rss = max(float(o[1]) for o in outputs)
-        print(f"write_selected, {count} process(es), {cache} label index: {wall:.1f} s wall; source read {corpus_bytes / wall / 1e6:.1f} "
-              f"MB/s = {source.num_records / wall:,.0f} source records/s; wrote {written.num_records:,} records "
-              f"({out_bytes / 1e6:.0f} MB, {len(written.files)} shards); peak RSS per process {rss:.0f} MB")
-        print(f"  ratio to raw disk: source read / raw read {corpus_bytes / wall / 1e6 / read_mb:.3f}; "
-              f"output written / raw write+fsync {out_bytes / wall / 1e6 / write_mb:.3f}; "
-              f"source read / raw write+fsync {corpus_bytes / wall / 1e6 / write_mb:.3f}", flush=True)
+        print(
+            f"write_selected, {count} process(es), {cache} label index: {wall:.1f} s wall; source read {corpus_bytes / wall / 1e6:.1f} "
+            f"MB/s = {source.num_records / wall:,.0f} source records/s; wrote {written.num_records:,} records "
+            f"({out_bytes / 1e6:.0f} MB, {len(written.files)} shards); peak RSS per process {rss:.0f} MB"
+        )
+        print(
+            f"  ratio to raw disk: source read / raw read {corpus_bytes / wall / 1e6 / read_mb:.3f}; "
+            f"output written / raw write+fsync {out_bytes / wall / 1e6 / write_mb:.3f}; "
+            f"source read / raw write+fsync {corpus_bytes / wall / 1e6 / write_mb:.3f}",
+            flush=True,
+        )
     shutil.rmtree(os.path.join(args.dir, "out_p1"), ignore_errors=True)
     shutil.rmtree(index_dir, ignore_errors=True)
     print(f"benchmark process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

@@ -36,7 +36,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before timing (the first compiles)")
     parser.add_argument("--fake_devices", type=int, default=0)
     parser.add_argument("--block", type=int, default=5, help="with --keras_peer: steps per alternating timed block")
-    parser.add_argument("--keras_peer", action="store_true", help="also time Keras 3 InceptionV3 train_on_batch (JAX backend)")
+    parser.add_argument(
+        "--keras_peer", action="store_true", help="also time Keras 3 InceptionV3 train_on_batch (JAX backend)"
+    )
     args = parser.parse_args()
     if args.keras_peer and (args.width != 1.0 or args.parallelism != "jit" or args.fake_devices > 1):
         parser.error("--keras_peer compares single-device jit at --width=1.0 (Keras has no width multiplier)")
@@ -52,13 +54,18 @@ def main() -> None:
 
     from configs.models.inception_v3 import get_config
     from models.registry import build_model
-    from trainer import config as config_lib, optim, schedules
-    from trainer.parallel import PMAP_AXIS, make_runner
+    from trainer import config as config_lib
+    from trainer import optim, schedules
+    from trainer.parallel import make_runner
     from trainer.state import create_state
     from trainer.step import make_train_step
 
     model_config = get_config()
-    model_config.width_multiplier, model_config.num_classes, model_config.dtype = args.width, args.num_classes, args.dtype
+    model_config.width_multiplier, model_config.num_classes, model_config.dtype = (
+        args.width,
+        args.num_classes,
+        args.dtype,
+    )
     model_config.image_size = args.image_size
     model = build_model(model_config)
     config = config_lib.pretrain_config()
@@ -69,16 +76,23 @@ def main() -> None:
     started = time.perf_counter()
     variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), dummy, train=False))()
     state = create_state(variables, tx, jax.random.PRNGKey(1), config.ema_decay > 0)
-    runner = make_runner(args.parallelism, lambda axis: make_train_step(model, config, tx, schedule, axis), jax.eval_shape(lambda: state), False)
+    runner = make_runner(
+        args.parallelism,
+        lambda axis: make_train_step(model, config, tx, schedule, axis),
+        jax.eval_shape(lambda: state),
+        False,
+    )
     state = runner.put_state(jax.device_get(state))
     rng = np.random.default_rng(0)
     labels = rng.integers(0, args.num_classes, args.batch)
-    batch = runner.put_batch({
-        "image": rng.uniform(-1, 1, (args.batch, args.image_size, args.image_size, 3)).astype(np.float32),
-        "label": labels.astype(np.int32),
-        "labels": np.eye(args.num_classes, dtype=np.float32)[labels],
-        "weight": np.ones(args.batch, np.float32),
-    })
+    batch = runner.put_batch(
+        {
+            "image": rng.uniform(-1, 1, (args.batch, args.image_size, args.image_size, 3)).astype(np.float32),
+            "label": labels.astype(np.int32),
+            "labels": np.eye(args.num_classes, dtype=np.float32)[labels],
+            "weight": np.ones(args.batch, np.float32),
+        }
+    )
     for _ in range(max(1, args.warmup)):
         state, metrics = runner.step(state, batch)
     jax.block_until_ready(metrics)
@@ -111,21 +125,37 @@ def main() -> None:
         step_s = sum(b for b in blocks[name]) / len(blocks[name])
         results[name] = {
             "init_and_compile_s": round(compile_s if name == "ours" else peer_info["init_and_compile_s"], 1),
-            "step_s": round(step_s, 4), "block_step_s": [round(b, 3) for b in blocks[name]],
-            "images_per_s": round(args.batch / step_s, 1), "cpu_s_per_step": round(cpu[name] / args.steps, 3),
+            "step_s": round(step_s, 4),
+            "block_step_s": [round(b, 3) for b in blocks[name]],
+            "images_per_s": round(args.batch / step_s, 1),
+            "cpu_s_per_step": round(cpu[name] / args.steps, 3),
         }
-    print(json.dumps({
-        "device": jax.devices()[0].device_kind, "devices": jax.device_count(), "width": args.width,
-        "image_size": args.image_size, "batch": args.batch, "parallelism": args.parallelism, "dtype": args.dtype,
-        "params": int(sum(x.size for x in jax.tree.leaves(variables["params"]))), "warmup": args.warmup, "steps": args.steps,
-        **results["ours"],
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "device": jax.devices()[0].device_kind,
+                "devices": jax.device_count(),
+                "width": args.width,
+                "image_size": args.image_size,
+                "batch": args.batch,
+                "parallelism": args.parallelism,
+                "dtype": args.dtype,
+                "params": int(sum(x.size for x in jax.tree.leaves(variables["params"]))),
+                "warmup": args.warmup,
+                "steps": args.steps,
+                **results["ours"],
+            }
+        ),
+        flush=True,
+    )
     if args.keras_peer:
         print(json.dumps({**peer_info, **results["keras"]}), flush=True)
         ours_s, keras_s = results["ours"]["step_s"], results["keras"]["step_s"]
-        print(f"ratio ours/keras (images/s): {keras_s / ours_s:.2f} "
-              f"(median over blocks {np.median(blocks['keras']) / np.median(blocks['ours']):.2f}; "
-              f"CPU-seconds per step keras/ours {cpu['keras'] / cpu['ours']:.2f})")
+        print(
+            f"ratio ours/keras (images/s): {keras_s / ours_s:.2f} "
+            f"(median over blocks {np.median(blocks['keras']) / np.median(blocks['ours']):.2f}; "
+            f"CPU-seconds per step keras/ours {cpu['keras'] / cpu['ours']:.2f})"
+        )
 
 
 def keras_peer(args, config, images, one_hot):
@@ -139,12 +169,18 @@ def keras_peer(args, config, images, one_hot):
     keras.utils.set_random_seed(0)
     started = time.perf_counter()
     model = keras.applications.InceptionV3(
-        weights=None, input_shape=(args.image_size, args.image_size, 3), classes=args.num_classes)
+        weights=None, input_shape=(args.image_size, args.image_size, 3), classes=args.num_classes
+    )
     ema = float(config.ema_decay)
     model.compile(
         optimizer=keras.optimizers.SGD(
-            learning_rate=0.1, momentum=float(config.momentum), nesterov=bool(config.nesterov),
-            weight_decay=float(config.weight_decay) or None, use_ema=ema > 0, ema_momentum=ema or 0.99),
+            learning_rate=0.1,
+            momentum=float(config.momentum),
+            nesterov=bool(config.nesterov),
+            weight_decay=float(config.weight_decay) or None,
+            use_ema=ema > 0,
+            ema_momentum=ema or 0.99,
+        ),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(config.label_smoothing)),
     )
     x, y = jax.device_put(images), jax.device_put(one_hot)
@@ -158,8 +194,13 @@ def keras_peer(args, config, images, one_hot):
 
     return run, {
         "peer": f"keras {keras.__version__} InceptionV3 train_on_batch ({keras.backend.backend()} backend)",
-        "image_size": args.image_size, "batch": args.batch, "dtype": args.dtype, "params": int(model.count_params()),
-        "warmup": args.warmup, "steps": args.steps, "init_and_compile_s": compile_s,
+        "image_size": args.image_size,
+        "batch": args.batch,
+        "dtype": args.dtype,
+        "params": int(model.count_params()),
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "init_and_compile_s": compile_s,
     }
 
 

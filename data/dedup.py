@@ -54,14 +54,20 @@ def _normalise(features: np.ndarray) -> np.ndarray:
 def _feature_batches(shard_dir: str, features_fn: FeaturesFn, image_size: int, batch_size: int, num_classes: int):
     """Yields L2-normalised features of the records in file order (padding dropped)."""
     for batch in pipeline.eval_batches(
-        shard_dir, global_batch_size=batch_size, image_size=image_size, num_classes=num_classes,
-        process_index=0, process_count=1,
+        shard_dir,
+        global_batch_size=batch_size,
+        image_size=image_size,
+        num_classes=num_classes,
+        process_index=0,
+        process_count=1,
     ):
         features = _normalise(features_fn(batch["image"]))
         yield features[batch["mask"]]
 
 
-def target_features(target_dirs: Sequence[str], features_fn: FeaturesFn, *, image_size: int, batch_size: int = 64) -> np.ndarray:
+def target_features(
+    target_dirs: Sequence[str], features_fn: FeaturesFn, *, image_size: int, batch_size: int = 64
+) -> np.ndarray:
     """[num target images, D] L2-normalised features of every target shard set."""
     parts = []
     for target in target_dirs:
@@ -140,7 +146,12 @@ def remove_near_duplicates(
         removed_ids=removed_ids,
     )
     manifest.write_manifest(
-        out_dir, files, counts, source.label_names, label_counts.tolist(), source.hierarchy,
+        out_dir,
+        files,
+        counts,
+        source.label_names,
+        label_counts.tolist(),
+        source.hierarchy,
         {**source.extra, "dedup": dataclasses.asdict(report)},
     )
     return report

@@ -250,7 +250,9 @@ def _items(prefix: str, images: Sequence[tuple[int, ...]], space: Labels, seed: 
     return items
 
 
-def _render(items: Sequence[_Item], style: glyphs.Style, config: ml_collections.ConfigDict, name: str) -> Iterator[bytes]:
+def _render(
+    items: Sequence[_Item], style: glyphs.Style, config: ml_collections.ConfigDict, name: str
+) -> Iterator[bytes]:
     """PNG bytes of the items in order, from a spawn pool (safe when JAX threads run in this process)."""
     size, chunk = config.image_size, max(1, config.chunk_size)
     tasks = [
@@ -289,7 +291,9 @@ def _start_set(out_dir: str) -> None:
         os.remove(manifest)
 
 
-def _write_shards(out_dir: str, prefix: str, items: Sequence[_Item], pngs: Iterator[bytes], num_shards: int) -> tuple[list[str], list[int]]:
+def _write_shards(
+    out_dir: str, prefix: str, items: Sequence[_Item], pngs: Iterator[bytes], num_shards: int
+) -> tuple[list[str], list[int]]:
     """Contiguous, nearly equal shards `prefix-0000i-of-0000n.tfrecord`; stale shards of the prefix removed."""
     num_shards = max(1, min(num_shards, len(items)))
     bounds = np.linspace(0, len(items), num_shards + 1).round().astype(int)
@@ -408,7 +412,10 @@ def build_target(out_dir: str, config: ml_collections.ConfigDict) -> dict[str, S
             record_counts,
             label_names=class_names,
             label_counts=[per_class] * len(class_names),
-            hierarchy={group: [n for n, g in zip(class_names, space.groups) if g == group] for group in dict.fromkeys(space.groups)},
+            hierarchy={
+                group: [n for n, g in zip(class_names, space.groups) if g == group]
+                for group in dict.fromkeys(space.groups)
+            },
             extra=dict(
                 dataset=f"embedded_glyphs/target/{split}",
                 config=_recorded_config(config),
@@ -418,7 +425,10 @@ def build_target(out_dir: str, config: ml_collections.ConfigDict) -> dict[str, S
                 fonts=target_fonts,
             ),
         )
-        print(f"[embedded] target/{split}: {len(items)} images, {len(class_names)} classes in {time.time() - began:.1f}s", flush=True)
+        print(
+            f"[embedded] target/{split}: {len(items)} images, {len(class_names)} classes in {time.time() - began:.1f}s",
+            flush=True,
+        )
         splits[split] = load_manifest(split_dir, verify=False)
     return splits
 

@@ -29,10 +29,22 @@ FONT_DIR = os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
 # (cmsy10 puts symbols where letters are), so only the ones whose letters and digits sit at
 # their own code points are used, and only for [A-Za-z0-9].
 UNICODE_FONTS = (
-    "DejaVuSans", "DejaVuSans-Bold", "DejaVuSans-Oblique", "DejaVuSans-BoldOblique",
-    "DejaVuSansMono", "DejaVuSansMono-Bold", "DejaVuSansMono-Oblique", "DejaVuSansMono-BoldOblique",
-    "DejaVuSerif", "DejaVuSerif-Bold", "DejaVuSerif-Italic", "DejaVuSerif-BoldItalic",
-    "STIXGeneral", "STIXGeneralBol", "STIXGeneralItalic", "STIXGeneralBolIta",
+    "DejaVuSans",
+    "DejaVuSans-Bold",
+    "DejaVuSans-Oblique",
+    "DejaVuSans-BoldOblique",
+    "DejaVuSansMono",
+    "DejaVuSansMono-Bold",
+    "DejaVuSansMono-Oblique",
+    "DejaVuSansMono-BoldOblique",
+    "DejaVuSerif",
+    "DejaVuSerif-Bold",
+    "DejaVuSerif-Italic",
+    "DejaVuSerif-BoldItalic",
+    "STIXGeneral",
+    "STIXGeneralBol",
+    "STIXGeneralItalic",
+    "STIXGeneralBolIta",
 )
 ALNUM_ONLY_FONTS = ("cmr10", "cmss10", "cmti10", "cmtt10", "cmb10", "cmmi10")
 ALL_FONTS = UNICODE_FONTS + ALNUM_ONLY_FONTS
@@ -66,7 +78,9 @@ GROUPS: dict[str, Group] = {
     "cyrillic_lower": Group("cyrillic", ((0x430, 0x450),)),
     "cyrillic_extended_upper": Group("cyrillic", ((0x400, 0x410),)),
     "cyrillic_extended_lower": Group("cyrillic", ((0x450, 0x460),)),
-    "punctuation": Group("symbol", ((0x21, 0x30), (0x3A, 0x41), (0x5B, 0x61), (0x7B, 0x7F), (0x2010, 0x205F)), ("P", "S")),
+    "punctuation": Group(
+        "symbol", ((0x21, 0x30), (0x3A, 0x41), (0x5B, 0x61), (0x7B, 0x7F), (0x2010, 0x205F)), ("P", "S")
+    ),
     "latin1_symbol": Group("symbol", ((0xA1, 0xC0), (0xD7, 0xD8), (0xF7, 0xF8))),
     "currency": Group("symbol", ((0x20A0, 0x20D0),)),
     "letterlike": Group("symbol", ((0x2100, 0x2150),)),
@@ -87,7 +101,7 @@ def font_path(name: str) -> str:
     return os.path.join(FONT_DIR, f"{name}.ttf")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def font_coverage(name: str) -> frozenset[int]:
     """The code points of all GROUPS that the font really draws: in the cmap, not `.notdef`, with outlines."""
     logging.getLogger("fontTools").setLevel(logging.ERROR)  # cm fonts: harmless timestamp warnings
@@ -106,7 +120,7 @@ def font_coverage(name: str) -> frozenset[int]:
     return frozenset(covered)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def group_members(group: Group) -> list[int]:
     """Candidate code points of a group, by range, Unicode category and name."""
     codes = []
@@ -204,7 +218,9 @@ def _ink_colour(rng: np.random.Generator, background: np.ndarray, style: Style) 
     return np.full(3, 0.0 if bg_lum > 0.5 else 1.0, np.float32)
 
 
-def _place_glyph(rng, char: str, font: str, slot: tuple[int, int, int, int], style: Style) -> tuple[Image.Image, int, int]:
+def _place_glyph(
+    rng, char: str, font: str, slot: tuple[int, int, int, int], style: Style
+) -> tuple[Image.Image, int, int]:
     """Scales, rotates and positions one glyph inside slot (x0, y0, w, h); returns (alpha, x, y)."""
     x0, y0, width, height = slot
     mask = glyph_mask(char, font)

@@ -21,7 +21,11 @@ def validate(hierarchy: Hierarchy) -> Hierarchy:
     if not isinstance(hierarchy, dict):
         raise ValueError("a hierarchy is a JSON object mapping parent -> list of children")
     for parent, children in hierarchy.items():
-        if not isinstance(parent, str) or not isinstance(children, list) or not all(isinstance(c, str) for c in children):
+        if (
+            not isinstance(parent, str)
+            or not isinstance(children, list)
+            or not all(isinstance(c, str) for c in children)
+        ):
             raise ValueError(f"hierarchy entry {parent!r}: expected a list of child names")
     state: dict[str, int] = {}  # 1 visiting, 2 done
 
@@ -104,5 +108,9 @@ def wordnet_hierarchy(label_wnids: list[str], is_a_path: str) -> Hierarchy:
             full[parts[0]].append(parts[1])
     keep = set(label_wnids) | ancestors(full, *label_wnids)
     return validate(
-        {p: sorted(c for c in children if c in keep) for p, children in sorted(full.items()) if p in keep and any(c in keep for c in children)}
+        {
+            p: sorted(c for c in children if c in keep)
+            for p, children in sorted(full.items())
+            if p in keep and any(c in keep for c in children)
+        }
     )

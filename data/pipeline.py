@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import grain
-from absl import flags
 import jax
 import numpy as np
+from absl import flags
 
 from data import augment as augment_lib
 from data import manifest, records
@@ -161,8 +161,7 @@ def _open(shard_dir: str, verify: bool) -> ShardSetSource:
     source = ShardSetSource(shard_set.files)
     if source.record_counts != shard_set.record_counts:
         raise manifest.ManifestError(
-            f"{shard_dir}: record counts {source.record_counts} differ from the manifest's "
-            f"{shard_set.record_counts}"
+            f"{shard_dir}: record counts {source.record_counts} differ from the manifest's {shard_set.record_counts}"
         )
     return source
 
@@ -217,7 +216,9 @@ def train_iterator(
     if worker_count > 0:
         if not flags.FLAGS.is_parsed():  # grain reads absl flags; outside absl.app use defaults
             flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=min(per_process, 256)))
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=min(per_process, 256))
+        )
     if skip_corrupt:
         it = it.filter(_keep)
     it = it.batch(per_process, drop_remainder=True).map(_to_float)

@@ -220,7 +220,9 @@ def convert_image_folder(
                 if filename.lower().endswith(IMAGE_EXTENSIONS):
                     path = os.path.join(dirpath, filename)
                     items.append((path, (label,), os.path.relpath(path, root)))
-    return _convert_files(out_dir, items, classes, num_shards, hierarchy, {"prepared_from": {"folder": os.path.abspath(root)}})
+    return _convert_files(
+        out_dir, items, classes, num_shards, hierarchy, {"prepared_from": {"folder": os.path.abspath(root)}}
+    )
 
 
 def convert_csv(
@@ -259,7 +261,9 @@ def convert_csv(
         if unknown:
             raise ValueError(f"{csv_path}: {path}: unknown labels {unknown}")
         items.append((os.path.join(base, path), tuple(lookup[n] for n in names), path))
-    return _convert_files(out_dir, items, label_names, num_shards, hierarchy, {"prepared_from": {"csv": os.path.abspath(csv_path)}})
+    return _convert_files(
+        out_dir, items, label_names, num_shards, hierarchy, {"prepared_from": {"csv": os.path.abspath(csv_path)}}
+    )
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -296,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.kind == "tfds":
+
         def tfds_labels() -> list[str]:
             import tensorflow_datasets as tfds
 
@@ -305,19 +310,31 @@ def main(argv: Sequence[str] | None = None) -> None:
         for spec in args.splits:
             out_name, _, split = spec.partition("=")
             shard_set = convert_tfds(
-                args.name, os.path.join(args.out, out_name), split=split or out_name, data_dir=args.data_dir,
-                image_key=args.image_key, label_key=args.label_key, num_shards=args.num_shards,
-                hierarchy=tree, overwrite=args.overwrite,
+                args.name,
+                os.path.join(args.out, out_name),
+                split=split or out_name,
+                data_dir=args.data_dir,
+                image_key=args.image_key,
+                label_key=args.label_key,
+                num_shards=args.num_shards,
+                hierarchy=tree,
+                overwrite=args.overwrite,
             )
             print(f"{shard_set.directory}: {shard_set.num_records} records, {shard_set.num_labels} labels")
         return
     tree = _hierarchy_arg(args, list)
     if args.kind == "folder":
-        shard_set = convert_image_folder(args.root, args.out, num_shards=args.num_shards, hierarchy=tree, overwrite=args.overwrite)
+        shard_set = convert_image_folder(
+            args.root, args.out, num_shards=args.num_shards, hierarchy=tree, overwrite=args.overwrite
+        )
     else:
         shard_set = convert_csv(
-            args.csv, args.out, label_separator=args.label_separator, num_shards=args.num_shards,
-            hierarchy=tree, overwrite=args.overwrite,
+            args.csv,
+            args.out,
+            label_separator=args.label_separator,
+            num_shards=args.num_shards,
+            hierarchy=tree,
+            overwrite=args.overwrite,
         )
     print(f"{shard_set.directory}: {shard_set.num_records} records, {shard_set.num_labels} labels")
 

@@ -83,12 +83,7 @@ def decode_example(serialized: bytes) -> Example:
 def frame_record(data: bytes) -> bytes:
     """TFRecord framing of one record."""
     length = struct.pack("<Q", len(data))
-    return (
-        length
-        + struct.pack("<I", _masked_crc(length))
-        + data
-        + struct.pack("<I", _masked_crc(data))
-    )
+    return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
 
 
 def read_record_at(handle, path: str, index: int, offset: int) -> tuple[bytes, int]:

@@ -51,9 +51,7 @@ class ShardSetSource:
         index = int(index)
         path, local = self.locate(index)
         with open(path, "rb", buffering=0) as handle:
-            data = records.read_record(
-                handle, path, local, int(self._offsets[index]), int(self._lengths[index])
-            )
+            data = records.read_record(handle, path, local, int(self._offsets[index]), int(self._lengths[index]))
         return index, data
 
     def __repr__(self) -> str:

@@ -21,11 +21,13 @@ from launch import config_cli, stages
 _CONFIG = config_cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: every stage's outputs go here.")
 _MULTIHOST = flags.DEFINE_bool(
-    "multihost", False,
+    "multihost",
+    False,
     "Call jax.distributed.initialize() first (TPU pods, SLURM, or JAX_COORDINATOR_ADDRESS set).",
 )
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-    "allow_config_change", False,
+    "allow_config_change",
+    False,
     "Continue a work dir whose config.json differs from this config (finished stages are kept as they are).",
 )
 _STAGES = flags.DEFINE_list(
@@ -51,7 +53,9 @@ def main(argv: list[str]) -> int:
     if _MULTIHOST.value:
         jax.distributed.initialize()
     # Every training and evaluation run of a job compiles the same few programs: cache them on disk.
-    cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(os.path.abspath(_WORKDIR.value), ".jax_cache")
+    cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+        os.path.abspath(_WORKDIR.value), ".jax_cache"
+    )
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     stages.run_pipeline(config, _WORKDIR.value, selected)

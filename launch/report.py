@@ -23,8 +23,13 @@ import numpy as np  # noqa: E402
 from data import atomic  # noqa: E402
 
 CSV_COLUMNS = (
-    "pretraining_data", "target", "top1_mean", "top1_std",
-    "mean_per_class_mean", "mean_per_class_std", "seeds",
+    "pretraining_data",
+    "target",
+    "top1_mean",
+    "top1_std",
+    "mean_per_class_mean",
+    "mean_per_class_std",
+    "seeds",
 )
 ROW_TITLES = {
     "entire_source": "Entire source",
@@ -41,15 +46,16 @@ def summarise_runs(runs: list[dict]) -> dict:
     top1 = 100.0 * np.array([r["top1"] for r in runs])
     per_class = 100.0 * np.array([r["mean_per_class"] for r in runs])
     return {
-        "top1_mean": float(top1.mean()), "top1_std": float(top1.std()),
-        "mean_per_class_mean": float(per_class.mean()), "mean_per_class_std": float(per_class.std()),
+        "top1_mean": float(top1.mean()),
+        "top1_std": float(top1.std()),
+        "mean_per_class_mean": float(per_class.mean()),
+        "mean_per_class_std": float(per_class.std()),
         "seeds": len(runs),
     }
 
 
 def results_rows(results: dict[str, list[dict]], target: str) -> list[dict]:
-    return [{"pretraining_data": choice, "target": target, **summarise_runs(runs)}
-            for choice, runs in results.items()]
+    return [{"pretraining_data": choice, "target": target, **summarise_runs(runs)} for choice, runs in results.items()]
 
 
 def _read_plan(path: str) -> dict[str, dict]:
@@ -103,8 +109,9 @@ def write_report(config: ml_collections.ConfigDict, ws) -> dict:
     for rank, i in enumerate(top, start=1):
         name = names[i]
         count = next(iter(plans.values()))[name]["count"] if plans else ""
-        rates = [f"{100 * float(plans[m][name]['planned']) / max(float(plans[m][name]['count']), 1):.2f}%"
-                 for m in methods]
+        rates = [
+            f"{100 * float(plans[m][name]['planned']) / max(float(plans[m][name]['count']), 1):.2f}%" for m in methods
+        ]
         label_rows.append([str(rank), name, str(count), f"{weights_info['pt'][i]:.4f}", f"{w[i]:.3f}", *rates])
 
     stats_lines = []
@@ -125,10 +132,15 @@ def write_report(config: ml_collections.ConfigDict, ws) -> dict:
         "",
         _markdown_table(
             ["Pre-training data", "Top-1 (%)", "Mean per-class (%)", "Seeds"],
-            [[ROW_TITLES.get(r["pretraining_data"], r["pretraining_data"]),
-              f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}",
-              f"{r['mean_per_class_mean']:.2f} ± {r['mean_per_class_std']:.2f}", str(r["seeds"])]
-             for r in rows],
+            [
+                [
+                    ROW_TITLES.get(r["pretraining_data"], r["pretraining_data"]),
+                    f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}",
+                    f"{r['mean_per_class_mean']:.2f} ± {r['mean_per_class_std']:.2f}",
+                    str(r["seeds"]),
+                ]
+                for r in rows
+            ],
         ),
         "",
         "Mean ± standard deviation over fine-tuning seeds. ![results](results.png)",

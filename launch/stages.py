@@ -107,9 +107,7 @@ def stage_prepare(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
 
     if not os.path.exists(os.path.join(ws.source, manifest.MANIFEST_NAME)):
         embedded.build_source(ws.source, config.data.embedded)
-    if not all(
-        os.path.exists(os.path.join(ws.target(s), manifest.MANIFEST_NAME)) for s in ("train", "test")
-    ):
+    if not all(os.path.exists(os.path.join(ws.target(s), manifest.MANIFEST_NAME)) for s in ("train", "test")):
         embedded.build_target(ws.path("data", "target"), config.data.embedded)
     source = manifest.load_manifest(ws.source)
     train, test = (manifest.load_manifest(ws.target(s)) for s in ("train", "test"))
@@ -165,18 +163,24 @@ def stage_weights(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     )
     ps, w, excluded = weights.importance_weights(pt, np.asarray(source.label_counts), source.num_records)
     label_stats = {
-        name: {"count": int(c), "pt": float(p)}
-        for name, c, p in zip(source.label_names, source.label_counts, pt)
+        name: {"count": int(c), "pt": float(p)} for name, c, p in zip(source.label_names, source.label_counts, pt)
     }
     atomic.write_json(ws.path("weights", "label_stats.json"), label_stats)
     atomic.write_json(
         ws.path("weights", "weights.json"),
-        {"label_names": source.label_names, "pt": pt.tolist(), "ps": ps.tolist(), "w": w.tolist(),
-         "excluded": [source.label_names[i] for i in np.flatnonzero(excluded)]},
+        {
+            "label_names": source.label_names,
+            "pt": pt.tolist(),
+            "ps": ps.tolist(),
+            "w": w.tolist(),
+            "excluded": [source.label_names[i] for i in np.flatnonzero(excluded)],
+        },
     )
     order = np.argsort(-w)[:5]
-    return {"top_labels": [[source.label_names[i], float(w[i])] for i in order],
-            "excluded_labels": int(np.sum(excluded))}
+    return {
+        "top_labels": [[source.label_names[i], float(w[i])] for i in order],
+        "excluded_labels": int(np.sum(excluded)),
+    }
 
 
 def _load_weights(ws: Workspace) -> dict:
@@ -216,7 +220,9 @@ def stage_select(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
         stats.write_tables(table, ws.path("selected", f"{method}.stats"))
         summary[method] = {"records": shard_set.num_records, **stats.totals(table)}
     stats.plot_weights(
-        weights_info["w"], weights_info["label_names"], ws.path("importance_weights.png"),
+        weights_info["w"],
+        weights_info["label_names"],
+        ws.path("importance_weights.png"),
         top=config.report.plot_top_labels,
     )
     return summary

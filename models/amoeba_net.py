@@ -263,8 +263,9 @@ class AmoebaNet(nn.Module):
             self.stem_filters, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, dtype=self.dtype,
             param_dtype=jnp.float32, name="stem_conv",
         )(x)  # fmt: skip
-        x = batch_norm(train, momentum=self.bn_momentum, use_scale=True, dtype=self.dtype, name="stem_bn",
-                       axis_name=bn_axis_name)(x)
+        x = batch_norm(
+            train, momentum=self.bn_momentum, use_scale=True, dtype=self.dtype, name="stem_bn", axis_name=bn_axis_name
+        )(x)
         outputs_so_far: list[jax.Array | None] = [None, x]
         scale = 1.0 / 2**NUM_STEM_CELLS
         for i in range(NUM_STEM_CELLS):

@@ -91,6 +91,12 @@ class ConvBN(nn.Module):
             param_dtype=jnp.float32,
             name="conv",
         )(x)
-        x = batch_norm(train, momentum=self.bn_momentum, use_scale=self.bn_scale, dtype=self.dtype, name="bn",
-                       axis_name=self.bn_axis_name)(x)
+        x = batch_norm(
+            train,
+            momentum=self.bn_momentum,
+            use_scale=self.bn_scale,
+            dtype=self.dtype,
+            name="bn",
+            axis_name=self.bn_axis_name,
+        )(x)
         return nn.relu(x) if self.relu else x

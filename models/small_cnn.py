@@ -35,8 +35,14 @@ class _Stage(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         for i in range(self.convs):
-            x = ConvBN(self.filters, (3, 3), bn_momentum=self.bn_momentum, dtype=self.dtype,
-                       bn_axis_name=self.bn_axis_name, name=f"ConvBN_{i}")(x, train)
+            x = ConvBN(
+                self.filters,
+                (3, 3),
+                bn_momentum=self.bn_momentum,
+                dtype=self.dtype,
+                bn_axis_name=self.bn_axis_name,
+                name=f"ConvBN_{i}",
+            )(x, train)
         return nn.max_pool(x, (2, 2), (2, 2), padding="SAME")
 
 
@@ -60,8 +66,14 @@ class SmallCNN(nn.Module):
         stage = nn.remat(_Stage, static_argnums=(2,)) if self.remat else _Stage
         x = images.astype(self.dtype)
         for i, filters in enumerate(self.stage_filters):
-            x = stage(scaled_filters(filters, self.width_multiplier), self.convs_per_stage, self.bn_momentum,
-                      self.dtype, self.bn_axis_name or None, name=f"stage_{i}")(x, train)
+            x = stage(
+                scaled_filters(filters, self.width_multiplier),
+                self.convs_per_stage,
+                self.bn_momentum,
+                self.dtype,
+                self.bn_axis_name or None,
+                name=f"stage_{i}",
+            )(x, train)
         features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
         logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)

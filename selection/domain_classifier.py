@@ -65,9 +65,7 @@ def domain_classifier_scores(
     return scores
 
 
-def select_top_examples(
-    scores: np.ndarray, example_ids: list[bytes] | np.ndarray, size: int
-) -> dict[bytes, int]:
+def select_top_examples(scores: np.ndarray, example_ids: list[bytes] | np.ndarray, size: int) -> dict[bytes, int]:
     """The `size` highest-scoring examples, one copy each; ties go to the earlier example."""
     scores = np.asarray(scores, dtype=np.float64)
     if len(example_ids) != scores.shape[0]:
@@ -83,8 +81,6 @@ def select_top_examples(
     return copies
 
 
-def domain_classifier_select(
-    scores: np.ndarray, example_ids: list[bytes] | np.ndarray, size: int
-) -> dict[bytes, int]:
+def domain_classifier_select(scores: np.ndarray, example_ids: list[bytes] | np.ndarray, size: int) -> dict[bytes, int]:
     """Chakraborty et al.'s TOP(D_s, N', c_s): the N' source examples most likely to be target, no repeats."""
     return select_top_examples(scores, example_ids, size)

@@ -37,9 +37,7 @@ def _membership(labels: np.ndarray, num_labels: int | None) -> scipy.sparse.csr_
         num_labels = size if num_labels is None else num_labels
         if size > num_labels:
             raise ValueError(f"label {size - 1} out of range for num_labels={num_labels}")
-        return scipy.sparse.csr_matrix(
-            (np.ones(n), (labels.astype(np.int64), np.arange(n))), shape=(num_labels, n)
-        )
+        return scipy.sparse.csr_matrix((np.ones(n), (labels.astype(np.int64), np.arange(n))), shape=(num_labels, n))
     if labels.ndim == 2:
         if num_labels is not None and labels.shape[1] != num_labels:
             raise ValueError(f"multi-hot labels have {labels.shape[1]} columns, num_labels={num_labels}")
@@ -89,9 +87,7 @@ def similarity_from_emd(distance: float | np.ndarray, gamma: float = CUI_GAMMA) 
     return np.exp(-gamma * np.asarray(distance, dtype=np.float64))
 
 
-def _target_units(
-    target_features: np.ndarray, target_labels: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
+def _target_units(target_features: np.ndarray, target_labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Target mass points: class means weighted by image share, or every image with mass 1/M."""
     target_features = np.asarray(target_features, dtype=np.float64)
     if target_labels is None:

@@ -97,9 +97,7 @@ def _merge_step(assigned: list[str], parents: dict[str, str]) -> list[str]:
     return [parents[a] if parents.get(a) in collapsible else a for a in assigned]
 
 
-def bottom_up_coarsening(
-    label_names: list[str], hierarchy: dict[str, list[str]], iterations: int
-) -> LabelRemap:
+def bottom_up_coarsening(label_names: list[str], hierarchy: dict[str, list[str]], iterations: int) -> LabelRemap:
     """Huh et al.'s Figure 3 label set after `iterations` merges (0 = the original labels)."""
     if iterations < 0:
         raise ValueError("iterations must be >= 0")

@@ -98,16 +98,28 @@ class LabelPlan:
         writer.writerow(CSV_COLUMNS)
         rate = self.rate
         for i, name in enumerate(self.label_names):
-            writer.writerow([
-                name, int(self.count[i]), int(self.raw_count[i]), f"{self.pt[i]:.9g}", f"{self.ps[i]:.9g}",
-                f"{self.weight[i]:.9g}", f"{self.planned[i]:.6f}", f"{rate[i]:.9g}", f"{self.unique[i]:.6f}",
-            ])
+            writer.writerow(
+                [
+                    name,
+                    int(self.count[i]),
+                    int(self.raw_count[i]),
+                    f"{self.pt[i]:.9g}",
+                    f"{self.ps[i]:.9g}",
+                    f"{self.weight[i]:.9g}",
+                    f"{self.planned[i]:.6f}",
+                    f"{rate[i]:.9g}",
+                    f"{self.unique[i]:.6f}",
+                ]
+            )
         atomic.write_text(path, buffer.getvalue())
 
     def summary(self) -> dict[str, Any]:
         return {
-            "matcher": self.matcher, "size": float(self.size), "with_replacement": self.with_replacement,
-            "labels_sampled": int(np.sum(self.planned > 0)), "expected_unique": float(np.sum(self.unique)),
+            "matcher": self.matcher,
+            "size": float(self.size),
+            "with_replacement": self.with_replacement,
+            "labels_sampled": int(np.sum(self.planned > 0)),
+            "expected_unique": float(np.sum(self.unique)),
             **{k: v for k, v in self.params.items() if not isinstance(v, np.ndarray)},
         }
 
@@ -196,8 +208,14 @@ def _planned(matcher: str, counts: np.ndarray, w: np.ndarray, size: float, param
 
 
 def _build(
-    matcher: str, label_names: Sequence[str], counts: np.ndarray, pt: np.ndarray | None, size: float,
-    num_examples: int | None, params: dict, with_replacement: bool | None = None,
+    matcher: str,
+    label_names: Sequence[str],
+    counts: np.ndarray,
+    pt: np.ndarray | None,
+    size: float,
+    num_examples: int | None,
+    params: dict,
+    with_replacement: bool | None = None,
 ) -> LabelPlan:
     counts = np.asarray(counts, np.float64)
     if len(label_names) != len(counts):
@@ -211,9 +229,18 @@ def _build(
     if with_replacement is None:
         with_replacement = WITH_REPLACEMENT.get(matcher, False)
     return LabelPlan(
-        label_names=list(label_names), count=counts, pt=pt, ps=ps, weight=w, planned=planned,
-        unique=expected_unique(planned, counts, with_replacement), matcher=matcher,
-        size=float(planned.sum()), with_replacement=with_replacement, raw_count=counts.copy(), params=params,
+        label_names=list(label_names),
+        count=counts,
+        pt=pt,
+        ps=ps,
+        weight=w,
+        planned=planned,
+        unique=expected_unique(planned, counts, with_replacement),
+        matcher=matcher,
+        size=float(planned.sum()),
+        with_replacement=with_replacement,
+        raw_count=counts.copy(),
+        params=params,
     )
 
 
@@ -229,7 +256,10 @@ def replan(plan: LabelPlan, counts: np.ndarray) -> LabelPlan:
     target = plan.params.get("target_size", plan.size)
     planned = _planned(plan.matcher, counts, plan.weight, target, plan.params)
     return dataclasses.replace(
-        plan, count=counts, planned=planned, size=float(planned.sum()),
+        plan,
+        count=counts,
+        planned=planned,
+        size=float(planned.sum()),
         unique=expected_unique(planned, counts, plan.with_replacement),
     )
 
@@ -253,21 +283,33 @@ def elastic(
 
 
 def uniform_top_k(
-    label_names: Sequence[str], counts: np.ndarray, pt: np.ndarray, size: float, *, top_k: int = 0,
+    label_names: Sequence[str],
+    counts: np.ndarray,
+    pt: np.ndarray,
+    size: float,
+    *,
+    top_k: int = 0,
     num_examples: int | None = None,
 ) -> LabelPlan:
     """Uniform over the top-k labels by w (0: all labels with w > 0), with replacement."""
-    return _build("uniform", label_names, counts, pt, size, num_examples,
-                  {"target_size": float(size), "top_k": int(top_k)})
+    return _build(
+        "uniform", label_names, counts, pt, size, num_examples, {"target_size": float(size), "top_k": int(top_k)}
+    )
 
 
 def reverse(
-    label_names: Sequence[str], counts: np.ndarray, pt: np.ndarray, size: float, *, top_k: int = 0,
+    label_names: Sequence[str],
+    counts: np.ndarray,
+    pt: np.ndarray,
+    size: float,
+    *,
+    top_k: int = 0,
     num_examples: int | None = None,
 ) -> LabelPlan:
     """Same-distribution rates of the top-k labels swapped highest <-> lowest, with replacement."""
-    return _build("reverse", label_names, counts, pt, size, num_examples,
-                  {"target_size": float(size), "top_k": int(top_k)})
+    return _build(
+        "reverse", label_names, counts, pt, size, num_examples, {"target_size": float(size), "top_k": int(top_k)}
+    )
 
 
 def descendants(hierarchy: dict[str, list[str]], ancestors: Sequence[str]) -> set[str]:
@@ -283,8 +325,12 @@ def descendants(hierarchy: dict[str, list[str]], ancestors: Sequence[str]) -> se
 
 
 def hierarchy_subset(
-    label_names: Sequence[str], hierarchy: dict[str, list[str]], ancestors: Sequence[str], counts: np.ndarray,
-    *, pt: np.ndarray | None = None,
+    label_names: Sequence[str],
+    hierarchy: dict[str, list[str]],
+    ancestors: Sequence[str],
+    counts: np.ndarray,
+    *,
+    pt: np.ndarray | None = None,
 ) -> LabelPlan:
     """Every example of every label under the chosen ancestors, once (Ngiam et al. Table 1)."""
     known = set(label_names) | set(hierarchy) | {c for cs in hierarchy.values() for c in cs}
@@ -293,8 +339,7 @@ def hierarchy_subset(
         raise ValueError(f"ancestor label(s) {missing} are not in the label set or hierarchy")
     keep = descendants(hierarchy, ancestors)
     chosen = np.array([name in keep for name in label_names], np.float64)
-    return _build("hierarchy", label_names, counts, pt, 0.0, None,
-                  {"chosen": chosen, "ancestors": list(ancestors)})
+    return _build("hierarchy", label_names, counts, pt, 0.0, None, {"chosen": chosen, "ancestors": list(ancestors)})
 
 
 def entire_source(label_names: Sequence[str], counts: np.ndarray, *, pt: np.ndarray | None = None) -> LabelPlan:
@@ -303,7 +348,11 @@ def entire_source(label_names: Sequence[str], counts: np.ndarray, *, pt: np.ndar
 
 
 def from_planned(
-    label_names: Sequence[str], counts: np.ndarray, planned: np.ndarray, *, pt: np.ndarray | None = None,
+    label_names: Sequence[str],
+    counts: np.ndarray,
+    planned: np.ndarray,
+    *,
+    pt: np.ndarray | None = None,
     with_replacement: bool | None = None,
 ) -> LabelPlan:
     """Wraps per-label planned draws from another method (a baseline); `replan` keeps each label's rate.
@@ -324,8 +373,15 @@ def from_planned(
 
 
 def make_plan(
-    method: str, *, label_names: Sequence[str], counts: np.ndarray, pt: np.ndarray, size: float,
-    top_k: int = 0, num_examples: int | None = None, hierarchy: dict[str, list[str]] | None = None,
+    method: str,
+    *,
+    label_names: Sequence[str],
+    counts: np.ndarray,
+    pt: np.ndarray,
+    size: float,
+    top_k: int = 0,
+    num_examples: int | None = None,
+    hierarchy: dict[str, list[str]] | None = None,
     ancestors: Sequence[str] = (),
 ) -> LabelPlan:
     """Dispatch by name: same | elastic | uniform | reverse | hierarchy | entire."""
@@ -373,8 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         names, counts, pt, n = load_label_stats(args.label_stats)
-        plan = make_plan(args.matcher, label_names=names, counts=counts, pt=pt, size=args.size,
-                         top_k=args.top_k, num_examples=n)
+        plan = make_plan(
+            args.matcher, label_names=names, counts=counts, pt=pt, size=args.size, top_k=args.top_k, num_examples=n
+        )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -383,8 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps({**plan.summary(), "integer_draws": int(draws.sum()), "out": args.out}))
     order = np.argsort(-plan.planned)[:10]
     for i in order:
-        print(f"  {names[i]}: count {int(counts[i])}  w {plan.weight[i]:.4g}  planned {plan.planned[i]:.2f}"
-              f"  draws {int(draws[i])}  rate {plan.rate[i]:.2%}  unique {plan.unique[i]:.1f}")
+        print(
+            f"  {names[i]}: count {int(counts[i])}  w {plan.weight[i]:.4g}  planned {plan.planned[i]:.2f}"
+            f"  draws {int(draws[i])}  rate {plan.rate[i]:.2%}  unique {plan.unique[i]:.1f}"
+        )
     return 0
 
 

@@ -23,8 +23,18 @@ from data import atomic, manifest  # noqa: E402
 from selection import plan as plan_lib  # noqa: E402
 
 COLUMNS = (
-    "label", "source_count", "attributed_count", "pt", "ps", "weight", "planned", "planned_rate",
-    "realised", "realised_rate", "expected_unique", "unique",
+    "label",
+    "source_count",
+    "attributed_count",
+    "pt",
+    "ps",
+    "weight",
+    "planned",
+    "planned_rate",
+    "realised",
+    "realised_rate",
+    "expected_unique",
+    "unique",
 )
 
 
@@ -49,15 +59,22 @@ def label_table(plan: plan_lib.LabelPlan, shard_set: manifest.ShardSet | None = 
     realised_rate = _rate(realised, count) if realised is not None else None
     rows = []
     for i, name in enumerate(plan.label_names):
-        rows.append({
-            "label": name, "source_count": int(plan.raw_count[i]), "attributed_count": int(count[i]),
-            "pt": float(plan.pt[i]), "ps": float(plan.ps[i]), "weight": float(plan.weight[i]),
-            "planned": float(planned[i]), "planned_rate": float(planned_rate[i]),
-            "realised": None if realised is None else int(realised[i]),
-            "realised_rate": None if realised_rate is None else float(realised_rate[i]),
-            "expected_unique": float(expected_unique[i]),
-            "unique": None if unique is None else int(unique[i]),
-        })
+        rows.append(
+            {
+                "label": name,
+                "source_count": int(plan.raw_count[i]),
+                "attributed_count": int(count[i]),
+                "pt": float(plan.pt[i]),
+                "ps": float(plan.ps[i]),
+                "weight": float(plan.weight[i]),
+                "planned": float(planned[i]),
+                "planned_rate": float(planned_rate[i]),
+                "realised": None if realised is None else int(realised[i]),
+                "realised_rate": None if realised_rate is None else float(realised_rate[i]),
+                "expected_unique": float(expected_unique[i]),
+                "unique": None if unique is None else int(unique[i]),
+            }
+        )
     return rows
 
 
@@ -67,7 +84,9 @@ def totals(table: Sequence[dict]) -> dict:
     total = sum(r["realised"] if written else r["planned"] for r in table)
     unique = sum(r["unique"] if written else r["expected_unique"] for r in table)
     return {
-        "examples": int(round(total)), "unique": int(round(unique)), "repeated": int(round(total - unique)),
+        "examples": int(round(total)),
+        "unique": int(round(unique)),
+        "repeated": int(round(total - unique)),
         "labels_sampled": sum(1 for r in table if (r["realised"] if written else r["planned"]) > 0),
         "realised": written,
     }
@@ -93,17 +112,21 @@ def to_csv(table: Sequence[dict]) -> str:
 def to_markdown(table: Sequence[dict], top: int = 20) -> str:
     """Table 5's shape: the `top` labels by importance weight, then the totals."""
     rows = sorted(table, key=lambda r: -r["weight"])[:top]
-    header = ["#", "Source label", "# Examples", "Pt", "w", "Sample rate (planned)", "Sample rate (realised)",
-              "Unique"]
+    header = ["#", "Source label", "# Examples", "Pt", "w", "Sample rate (planned)", "Sample rate (realised)", "Unique"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, r in enumerate(rows, start=1):
         realised = "" if r["realised_rate"] is None else f"{100 * r['realised_rate']:.2f}%"
         unique = r["unique"] if r["unique"] is not None else f"{r['expected_unique']:.1f} (expected)"
-        lines.append(f"| {rank} | {r['label']} | {r['source_count']} | {r['pt']:.4g} | {r['weight']:.4g} | "
-                     f"{100 * r['planned_rate']:.2f}% | {realised} | {unique} |")
+        lines.append(
+            f"| {rank} | {r['label']} | {r['source_count']} | {r['pt']:.4g} | {r['weight']:.4g} | "
+            f"{100 * r['planned_rate']:.2f}% | {realised} | {unique} |"
+        )
     t = totals(table)
-    lines += ["", f"Selected examples: {t['examples']}; unique: {t['unique']}; repeated: {t['repeated']}; "
-                  f"labels sampled: {t['labels_sampled']} ({'realised' if t['realised'] else 'expected'})."]
+    lines += [
+        "",
+        f"Selected examples: {t['examples']}; unique: {t['unique']}; repeated: {t['repeated']}; "
+        f"labels sampled: {t['labels_sampled']} ({'realised' if t['realised'] else 'expected'}).",
+    ]
     return "\n".join(lines) + "\n"
 
 

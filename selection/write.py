@@ -454,8 +454,9 @@ def write_selected(
         label_weights = label_plan.weight if use_plan_w else np.ones(source.num_labels)
     label_weights = np.asarray(label_weights, np.float64)
 
-    fingerprint = _fingerprint(source_dir, label_plan, example_plan, label_weights, seed, records_per_shard,
-                               example_weight_rule)
+    fingerprint = _fingerprint(
+        source_dir, label_plan, example_plan, label_weights, seed, records_per_shard, example_weight_rule
+    )
     os.makedirs(out_dir, exist_ok=True)
     config_path = os.path.join(out_dir, CONFIG_NAME)
     if os.path.exists(config_path) and atomic.read_json(config_path)["fingerprint"] != fingerprint:
@@ -466,8 +467,17 @@ def write_selected(
     if process_index == 0 and not os.path.exists(config_path):
         atomic.write_json(config_path, {"fingerprint": fingerprint, "source_dir": os.path.abspath(source_dir)})
     work = os.path.join(out_dir, f"_work-{fingerprint[:16]}")
-    job = _Job(source, shas, label_plan, example_plan, label_weights, example_weight_rule, int(seed), work,
-               label_index_dir or os.path.join(work, "index"))
+    job = _Job(
+        source,
+        shas,
+        label_plan,
+        example_plan,
+        label_weights,
+        example_weight_rule,
+        int(seed),
+        work,
+        label_index_dir or os.path.join(work, "index"),
+    )
     num_sources = len(source.files)
     owned = list(range(process_index, num_sources, process_count))
 
@@ -508,19 +518,32 @@ def _write_manifest(job, out_dir, paths, sizes, realised_plan, fingerprint, reco
             unique += z["unique"]
             label_copies += z["label_copies"]
     extra = {
-        "fingerprint": fingerprint, "seed": job.seed, "records_per_shard": int(records_per_shard),
-        "example_weight_rule": job.rule, "source_dir": os.path.abspath(job.source.directory),
-        "source_records": job.source.num_records, "total_copies": int(job.total),
+        "fingerprint": fingerprint,
+        "seed": job.seed,
+        "records_per_shard": int(records_per_shard),
+        "example_weight_rule": job.rule,
+        "source_dir": os.path.abspath(job.source.directory),
+        "source_records": job.source.num_records,
+        "total_copies": int(job.total),
         "unique_examples": int(unique.sum()),
         "realised": {"draws": draws.tolist(), "unique": unique.tolist()},
     }
     if realised_plan is not None:
         extra["plan"] = {
-            **realised_plan.summary(), "count": realised_plan.count.tolist(),
-            "raw_count": realised_plan.raw_count.tolist(), "planned": realised_plan.planned.tolist(),
+            **realised_plan.summary(),
+            "count": realised_plan.count.tolist(),
+            "raw_count": realised_plan.raw_count.tolist(),
+            "planned": realised_plan.planned.tolist(),
             "expected_unique": realised_plan.unique.tolist(),
         }
     else:
         extra["plan"] = {"matcher": "examples", "size": int(job.total)}
-    manifest.write_manifest(out_dir, paths, [int(n) for n in sizes], job.source.label_names,
-                            label_copies.tolist(), hierarchy=job.source.hierarchy, extra=extra)
+    manifest.write_manifest(
+        out_dir,
+        paths,
+        [int(n) for n in sizes],
+        job.source.label_names,
+        label_copies.tolist(),
+        hierarchy=job.source.hierarchy,
+        extra=extra,
+    )

@@ -30,9 +30,11 @@ def _pixel_features(images: np.ndarray) -> np.ndarray:
 
 def _write(directory, images: list[bytes], ids: list[str], num_shards=2):
     return prepare.write_shard_set(
-        str(directory), len(images),
+        str(directory),
+        len(images),
         lambda i: records.Example(images[i], (i % 3,), ids[i].encode()),
-        label_names=["a", "b", "c"], num_shards=num_shards,
+        label_names=["a", "b", "c"],
+        num_shards=num_shards,
     )
 
 
@@ -56,8 +58,12 @@ def test_removes_near_duplicates_of_train_and_test(tmp_path):
 
     out = str(tmp_path / "dedup")
     report = dedup.remove_near_duplicates(
-        source.directory, [str(tmp_path / "target_train"), str(tmp_path / "target_test")], out,
-        features_fn=_pixel_features, image_size=16, batch_size=4,
+        source.directory,
+        [str(tmp_path / "target_train"), str(tmp_path / "target_test")],
+        out,
+        features_fn=_pixel_features,
+        image_size=16,
+        batch_size=4,
     )
     assert report.removed == 3 and report.kept == 12 and report.source_records == 15
     assert sorted(report.removed_ids) == sorted(copies)
@@ -65,7 +71,12 @@ def test_removes_near_duplicates_of_train_and_test(tmp_path):
 
     filtered = manifest.load_manifest(out)
     assert [os.path.basename(f) for f in filtered.files] == [os.path.basename(f) for f in source.files]
-    kept_in = [r for f in source.files for r in records.iter_records(f) if records.decode_example(r).example_id.decode() not in copies]
+    kept_in = [
+        r
+        for f in source.files
+        for r in records.iter_records(f)
+        if records.decode_example(r).example_id.decode() not in copies
+    ]
     kept_out = [r for f in filtered.files for r in records.iter_records(f)]
     assert kept_out == kept_in  # byte-identical copies, same order
     assert sum(filtered.label_counts) == 12 and filtered.extra["dedup"]["removed"] == 3

@@ -65,7 +65,9 @@ def _has_step(checkpoint_dir):
 
 def _kill_when(workdir, cache, condition):
     """Starts the demo in `workdir` and SIGKILLs it as soon as `condition()` holds."""
-    process = subprocess.Popen(_command(workdir), cwd=ROOT, env=_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _command(workdir), cwd=ROOT, env=_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 600
     while time.time() < deadline and process.poll() is None and not condition():
         time.sleep(0.005)

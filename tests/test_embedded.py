@@ -126,7 +126,9 @@ def test_default_source_size_and_spread():
     config = embedded.default_config()
     space = embedded.source_labels(config)
     assert 400 <= len(space.chars) <= 1200 and len(set(space.chars)) == len(space.chars)
-    assert {"latin", "greek", "cyrillic", "number", "symbol", "drawing"} == {glyphs.GROUPS[g].script for g in space.groups}
+    assert {"latin", "greek", "cyrillic", "number", "symbol", "drawing"} == {
+        glyphs.GROUPS[g].script for g in space.groups
+    }
     assert all(len(fonts) >= config.source.min_fonts for fonts in space.fonts)
     sizes = collections.Counter(space.groups)
     assert sizes["greek_lower"] == 25 and sizes["cyrillic_lower"] == 32 and sizes["math"] == 16

@@ -17,8 +17,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _launch(*args, timeout=120):
     env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.run(
-        [sys.executable, "-m", "launch.main", *args], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "launch.main", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -59,8 +63,11 @@ def test_good_overrides_reach_the_resolved_config(tmp_path):
     config = demo.get_config("tiny")
     assert config.pretrain.steps == 6
     result = _launch(
-        "--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--stages=prepare",
-        "--config.pretrain.steps=7", "--config.selection.methods=('elastic',)",
+        "--config=configs/demo.py:tiny",
+        f"--workdir={tmp_path}",
+        "--stages=prepare",
+        "--config.pretrain.steps=7",
+        "--config.selection.methods=('elastic',)",
         "--config.weights.temperature=3.5",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -76,7 +83,9 @@ def test_good_overrides_reach_the_resolved_config(tmp_path):
     assert changed.returncode == 2 and "Traceback" not in changed.stderr
     assert "different config (pretrain.steps, selection.methods, weights.temperature)" in changed.stderr
     assert json.load(open(tmp_path / "config.json"))["pretrain"]["steps"] == 7  # left as it was
-    allowed = _launch("--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--stages=prepare", "--allow_config_change")
+    allowed = _launch(
+        "--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--stages=prepare", "--allow_config_change"
+    )
     assert allowed.returncode == 0 and "prepare: complete, skipped" in allowed.stdout
     assert json.load(open(tmp_path / "config.json"))["pretrain"]["steps"] == 6
 
@@ -159,8 +168,12 @@ def test_two_processes_mark_a_stage_complete_only_when_both_finished(tmp_path):
         port = sock.getsockname()[1]
     script = _TWO_PROCESS_PIPELINE.format(root=ROOT, port=port, workdir=str(tmp_path))
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for i in range(2)
+    ]
     outs = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)

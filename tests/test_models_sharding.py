@@ -33,7 +33,11 @@ def test_big_amoeba_net_weights_are_mostly_sharded():
 def test_sharded_jit_matches_unsharded():
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(8), ("fsdp",))
     keys = jax.random.split(jax.random.key(0), 3)
-    params = {"w1": jax.random.normal(keys[0], (64, 128)), "w2": jax.random.normal(keys[1], (128, 10)), "b": jnp.ones(10)}
+    params = {
+        "w1": jax.random.normal(keys[0], (64, 128)),
+        "w2": jax.random.normal(keys[1], (128, 10)),
+        "b": jnp.ones(10),
+    }
     x = jax.random.normal(keys[2], (4, 64))
     shardings = param_shardings(params, mesh, min_size=1024)
     placed = jax.device_put(params, shardings)

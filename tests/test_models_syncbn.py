@@ -35,7 +35,9 @@ def _pmapped_train_step(model, variables, x, **kwargs):
     """One train-mode forward pass under pmap; returns (outputs, batch_stats) with a device axis."""
 
     def step(variables, x):
-        return model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)}, **kwargs)
+        return model.apply(
+            variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)}, **kwargs
+        )
 
     out, updates = jax.pmap(step, axis_name=AXIS)(_replicate(variables), _shard(x))
     return out, updates["batch_stats"]

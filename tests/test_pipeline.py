@@ -35,7 +35,9 @@ def write_set(directory, n, num_shards=3, image=_png, corrupt=None):
         ids = range(s, n, num_shards)
         path = os.path.join(directory, f"shard-{s:05d}-of-{num_shards:05d}.tfrecord")
         examples = [
-            records.Example(image(i), (i % NUM_CLASSES, (i + 1) % NUM_CLASSES), f"id{i}".encode(), 0.5 if i % 2 else None)
+            records.Example(
+                image(i), (i % NUM_CLASSES, (i + 1) % NUM_CLASSES), f"id{i}".encode(), 0.5 if i % 2 else None
+            )
             for i in ids
         ]
         records.write_tfrecord(path, [records.encode_example(e) for e in examples])
@@ -73,8 +75,14 @@ def test_two_processes_disjoint_and_cover_each_epoch(tmp_path):
     seen = []
     for p in range(2):
         it = pipeline.train_iterator(
-            d, global_batch_size=2, image_size=8, seed=3, num_classes=NUM_CLASSES, augment=False,
-            process_index=p, process_count=2,
+            d,
+            global_batch_size=2,
+            image_size=8,
+            seed=3,
+            num_classes=NUM_CLASSES,
+            augment=False,
+            process_index=p,
+            process_count=2,
         )
         size = n * (p + 1) // 2 - n * p // 2
         epoch1 = [i for b in _take(it, size) for i in _ids(b)]
@@ -91,8 +99,15 @@ def test_finite_epochs_cover_exactly_once(tmp_path):
     ids = []
     for p in range(2):
         it = pipeline.train_iterator(
-            d, global_batch_size=6, image_size=8, seed=1, num_classes=NUM_CLASSES, augment=False,
-            num_epochs=1, process_index=p, process_count=2,
+            d,
+            global_batch_size=6,
+            image_size=8,
+            seed=1,
+            num_classes=NUM_CLASSES,
+            augment=False,
+            num_epochs=1,
+            process_index=p,
+            process_count=2,
         )
         ids += [i for b in it for i in _ids(b)]
     assert sorted(ids) == list(range(24))
@@ -140,7 +155,9 @@ def test_eval_pads_and_masks_across_processes(tmp_path):
     per_process = []
     for p in range(2):
         batches = list(
-            pipeline.eval_batches(d, global_batch_size=4, image_size=8, num_classes=NUM_CLASSES, process_index=p, process_count=2)
+            pipeline.eval_batches(
+                d, global_batch_size=4, image_size=8, num_classes=NUM_CLASSES, process_index=p, process_count=2
+            )
         )
         per_process.append(batches)
         for b in batches:
@@ -220,7 +237,9 @@ def test_prefetch_to_device_with_sharding(tmp_path):
     d = write_set(tmp_path / "s", 16)
     mesh = Mesh(np.array(jax.devices()), ("data",))
     sharding = NamedSharding(mesh, PartitionSpec("data"))
-    it = pipeline.train_iterator(d, global_batch_size=len(jax.devices()), image_size=8, seed=0, num_classes=NUM_CLASSES, augment=False)
+    it = pipeline.train_iterator(
+        d, global_batch_size=len(jax.devices()), image_size=8, seed=0, num_classes=NUM_CLASSES, augment=False
+    )
     batch = next(pipeline.prefetch_to_device(it, size=2, sharding=sharding))
     assert batch["image"].sharding == sharding and batch["image"].shape == (len(jax.devices()), 8, 8, 3)
     assert len(batch["label"].addressable_shards) == len(jax.devices())

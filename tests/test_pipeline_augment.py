@@ -19,7 +19,14 @@ def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
 def _gradient(width: int, height: int) -> Image.Image:
     x = np.linspace(0, 255, width)[None, :, None]
     y = np.linspace(0, 255, height)[:, None, None]
-    pixels = np.concatenate([np.broadcast_to(x, (height, width, 1)), np.broadcast_to(y, (height, width, 1)), np.full((height, width, 1), 90.0)], axis=2)
+    pixels = np.concatenate(
+        [
+            np.broadcast_to(x, (height, width, 1)),
+            np.broadcast_to(y, (height, width, 1)),
+            np.full((height, width, 1), 90.0),
+        ],
+        axis=2,
+    )
     return Image.fromarray(pixels.astype(np.uint8))
 
 

@@ -41,7 +41,15 @@ class TinyPetsForTest(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, start, n):
         for i in range(start, start + n):
-            yield f"k{i}", {"image": io.BytesIO(_png(i)), "label": i % 3, "labels": [i % 3, (i + 1) % 3], "file_name": f"img{i}.png"}
+            yield (
+                f"k{i}",
+                {
+                    "image": io.BytesIO(_png(i)),
+                    "label": i % 3,
+                    "labels": [i % 3, (i + 1) % 3],
+                    "file_name": f"img{i}.png",
+                },
+            )
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +130,9 @@ def test_image_folder_unreadable_image_names_file(tmp_path):
 def test_csv_multi_label_with_hierarchy_and_skip_when_done(tmp_path):
     for i in range(5):
         (tmp_path / f"{i}.png").write_bytes(_png(i))
-    (tmp_path / "labels.csv").write_text("path,label\n0.png,sparrow\n1.png,hawk;sparrow\n2.png,hawk\n3.png,trout\n4.png,sparrow\n")
+    (tmp_path / "labels.csv").write_text(
+        "path,label\n0.png,sparrow\n1.png,hawk;sparrow\n2.png,hawk\n3.png,trout\n4.png,sparrow\n"
+    )
     tree = {"animal": ["bird", "fish"], "bird": ["sparrow", "hawk"], "fish": ["trout"]}
     (tmp_path / "tree.json").write_text(json.dumps(tree))
     out = str(tmp_path / "out")

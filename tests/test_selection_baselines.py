@@ -8,7 +8,6 @@ import pytest
 
 from selection import domain_classifier, emd_similarity, huh_subsets, kmeans_filter
 
-
 # --- Cui et al. EMD similarity ------------------------------------------------------------------
 
 

@@ -129,8 +129,9 @@ def test_full_scale_label_count_plan_is_fast():
     names = [str(i) for i in range(labels)]
     start = time.perf_counter()
     for matcher in ("same", "elastic", "uniform", "reverse"):
-        plan = plan_lib.make_plan(matcher, label_names=names, counts=counts, pt=pt, size=80e6,
-                                  top_k=4000, num_examples=300_000_000)
+        plan = plan_lib.make_plan(
+            matcher, label_names=names, counts=counts, pt=pt, size=80e6, top_k=4000, num_examples=300_000_000
+        )
         assert plan.draws(0).sum() == 80_000_000
     assert time.perf_counter() - start < 2.0
 

@@ -29,13 +29,13 @@ def test_realised_table_from_written_shards(tmp_path):
     source = str(tmp_path / "src")
     make_source(source)
     plan = make_label_plan(source, "same", 150)
-    shard_set = write.write_selected(source, plan, str(tmp_path / "out"), records_per_shard=64, seed=0,
-                                     process_index=0, process_count=1)
+    shard_set = write.write_selected(
+        source, plan, str(tmp_path / "out"), records_per_shard=64, seed=0, process_index=0, process_count=1
+    )
     table = stats.label_table(plan, shard_set)
     t = stats.totals(table)
     assert t["realised"] and t["examples"] == 150 == shard_set.num_records
-    distinct = {r for f in manifest.load_manifest(str(tmp_path / "out")).files
-                for r in records.iter_records(f)}
+    distinct = {r for f in manifest.load_manifest(str(tmp_path / "out")).files for r in records.iter_records(f)}
     assert t["unique"] == len(distinct) and t["repeated"] == 150 - len(distinct)
     assert sum(r["attributed_count"] for r in table) == 200  # multi-label: attributed counts sum to N
     assert sum(r["source_count"] for r in table) > 200  # raw counts: examples carrying each label

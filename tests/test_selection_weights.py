@@ -18,8 +18,10 @@ NUM_LABELS = 7
 
 def _model():
     rng = np.random.default_rng(0)
-    variables = {"w": rng.normal(size=(4 * 4 * 3, NUM_LABELS)).astype(np.float32),
-                 "b": rng.normal(size=NUM_LABELS).astype(np.float32)}
+    variables = {
+        "w": rng.normal(size=(4 * 4 * 3, NUM_LABELS)).astype(np.float32),
+        "b": rng.normal(size=NUM_LABELS).astype(np.float32),
+    }
 
     def apply_fn(variables, images):
         return images.reshape(images.shape[0], -1) @ variables["w"] + variables["b"]
@@ -51,13 +53,18 @@ def test_eight_devices_match_single_device_and_numpy():
     reference = _reference(apply_fn, variables, images, 2.0)
     eight = weights.target_label_distribution(apply_fn, variables, _batches(images, 16), num_labels=NUM_LABELS)
     one = weights.target_label_distribution(
-        apply_fn, variables, _batches(images, 16), num_labels=NUM_LABELS,
-        mesh=Mesh(np.array(jax.devices()[:1]), ("data",)))
+        apply_fn,
+        variables,
+        _batches(images, 16),
+        num_labels=NUM_LABELS,
+        mesh=Mesh(np.array(jax.devices()[:1]), ("data",)),
+    )
     np.testing.assert_allclose(eight, reference, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(one, reference, rtol=1e-5, atol=1e-7)
     assert eight.sum() == pytest.approx(1.0)
-    hot = weights.target_label_distribution(apply_fn, variables, _batches(images, 16), num_labels=NUM_LABELS,
-                                            temperature=0.5)
+    hot = weights.target_label_distribution(
+        apply_fn, variables, _batches(images, 16), num_labels=NUM_LABELS, temperature=0.5
+    )
     np.testing.assert_allclose(hot, _reference(apply_fn, variables, images, 0.5), rtol=1e-5, atol=1e-7)
 
 
@@ -66,8 +73,9 @@ def test_padding_does_not_change_pt():
     images = np.random.default_rng(2).normal(size=(21, 4, 4, 3)).astype(np.float32)
     exact = weights.target_label_distribution(apply_fn, variables, _batches(images, 21), num_labels=NUM_LABELS)
     # batch 13 (not a multiple of 8 devices, last batch 8 real + 5 garbage rows)
-    padded = weights.target_label_distribution(apply_fn, variables, _batches(images, 13, garbage_padding=True),
-                                               num_labels=NUM_LABELS)
+    padded = weights.target_label_distribution(
+        apply_fn, variables, _batches(images, 13, garbage_padding=True), num_labels=NUM_LABELS
+    )
     np.testing.assert_allclose(padded, exact, rtol=1e-5, atol=1e-7)
     unmasked = dict(next(_batches(images[:8], 13, garbage_padding=True)))
     unmasked["mask"] = np.ones(13, bool)  # the control: counting the garbage rows does move Pt
@@ -146,8 +154,12 @@ def test_two_jax_processes_return_the_same_pt():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     script = _DISTRIBUTED_CHILD.format(root=root, port=port)
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for i in range(2)
+    ]
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=180)
@@ -157,5 +169,6 @@ def test_two_jax_processes_return_the_same_pt():
     assert results[0] == results[1] and results[0][0] == "4"  # identical Pt, 4 devices in the mesh
     apply_fn, variables = _model()
     images = np.random.default_rng(4).normal(size=(22, 4, 4, 3)).astype(np.float32)
-    np.testing.assert_allclose([float(v) for v in results[0][1:]], _reference(apply_fn, variables, images, 2.0),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        [float(v) for v in results[0][1:]], _reference(apply_fn, variables, images, 2.0), rtol=1e-5, atol=1e-7
+    )

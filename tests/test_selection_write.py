@@ -35,8 +35,7 @@ def make_source(directory: str, *, shards: int = 5, per_shard: int = 40, seed: i
         records.write_tfrecord(path, [records.encode_example(e) for e in examples])
         files.append(path)
         counts.append(per_shard)
-    manifest.write_manifest(directory, files, counts, LABELS, label_counts.tolist(),
-                            hierarchy={"root": LABELS[:6]})
+    manifest.write_manifest(directory, files, counts, LABELS, label_counts.tolist(), hierarchy={"root": LABELS[:6]})
 
 
 def _label_p():
@@ -52,8 +51,14 @@ def read_all(directory: str) -> list[records.Example]:
 def make_label_plan(source_dir: str, matcher: str, size: float) -> plan_lib.LabelPlan:
     src = manifest.load_manifest(source_dir)
     pt = np.random.default_rng(5).dirichlet(np.ones(len(LABELS)))
-    return plan_lib.make_plan(matcher, label_names=src.label_names, counts=np.asarray(src.label_counts), pt=pt,
-                              size=size, num_examples=src.num_records)
+    return plan_lib.make_plan(
+        matcher,
+        label_names=src.label_names,
+        counts=np.asarray(src.label_counts),
+        pt=pt,
+        size=size,
+        num_examples=src.num_records,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +84,9 @@ def test_choose_copies_exact_counts():
     assert copies.max() <= 1 and np.all(copies[attributed < 0] == 0)
     assert np.array_equal(np.bincount(attributed[attributed >= 0], weights=copies[attributed >= 0], minlength=5), need)
     heavy = write.choose_copies(attributed, need * 5, rng=rng, with_replacement=True)
-    assert np.array_equal(np.bincount(attributed[attributed >= 0], weights=heavy[attributed >= 0], minlength=5),
-                          need * 5)
+    assert np.array_equal(
+        np.bincount(attributed[attributed >= 0], weights=heavy[attributed >= 0], minlength=5), need * 5
+    )
 
 
 def test_with_replacement_draws_are_uniform_within_a_label():
@@ -111,8 +117,9 @@ def test_allocate_is_exact_and_respects_counts():
 
 def test_elastic_write_exact_size_no_repeats_and_weights(source_dir, tmp_path):
     plan = make_label_plan(source_dir, "elastic", 90)
-    out = write.write_selected(source_dir, plan, str(tmp_path / "out"), records_per_shard=25, seed=1,
-                               process_index=0, process_count=1)
+    out = write.write_selected(
+        source_dir, plan, str(tmp_path / "out"), records_per_shard=25, seed=1, process_index=0, process_count=1
+    )
     examples = read_all(str(tmp_path / "out"))
     assert len(examples) == 90 == out.num_records
     assert out.record_counts == [23, 23, 22, 22]  # evenly sized
@@ -122,8 +129,10 @@ def test_elastic_write_exact_size_no_repeats_and_weights(source_dir, tmp_path):
     for e in examples:
         assert e.weight == pytest.approx(max(plan.weight[list(e.labels)]), rel=1e-6)
     # realised per-label draws = the integer plan for the ATTRIBUTED counts
-    attributed = collections.Counter(int(weights_lib.attribute_examples(
-        np.array([0, len(e.labels)]), np.array(e.labels), plan.weight)[0]) for e in examples)
+    attributed = collections.Counter(
+        int(weights_lib.attribute_examples(np.array([0, len(e.labels)]), np.array(e.labels), plan.weight)[0])
+        for e in examples
+    )
     assert [attributed.get(y, 0) for y in range(len(LABELS))] == out.extra["realised"]["draws"]
     assert sum(out.extra["plan"]["count"]) == 200  # attributed counts: one label per example
     assert out.label_counts == np.bincount([y for e in examples for y in e.labels], minlength=12).tolist()
@@ -132,14 +141,17 @@ def test_elastic_write_exact_size_no_repeats_and_weights(source_dir, tmp_path):
 
 def test_same_write_exact_size_and_deterministic(source_dir, tmp_path):
     plan = make_label_plan(source_dir, "same", 333)
-    a = write.write_selected(source_dir, plan, str(tmp_path / "a"), records_per_shard=100, seed=7,
-                             process_index=0, process_count=1)
-    b = write.write_selected(source_dir, plan, str(tmp_path / "b"), records_per_shard=100, seed=7,
-                             process_index=0, process_count=1)
+    a = write.write_selected(
+        source_dir, plan, str(tmp_path / "a"), records_per_shard=100, seed=7, process_index=0, process_count=1
+    )
+    b = write.write_selected(
+        source_dir, plan, str(tmp_path / "b"), records_per_shard=100, seed=7, process_index=0, process_count=1
+    )
     assert a.num_records == 333
     assert [open(f, "rb").read() for f in a.files] == [open(f, "rb").read() for f in b.files]
-    c = write.write_selected(source_dir, plan, str(tmp_path / "c"), records_per_shard=100, seed=8,
-                             process_index=0, process_count=1)
+    c = write.write_selected(
+        source_dir, plan, str(tmp_path / "c"), records_per_shard=100, seed=8, process_index=0, process_count=1
+    )
     assert [open(f, "rb").read() for f in a.files] != [open(f, "rb").read() for f in c.files]
     counts = collections.Counter(e.example_id for e in read_all(str(tmp_path / "a")))
     assert max(counts.values()) > 1  # with replacement: repeats happen at 333 draws from 200 examples
@@ -148,8 +160,9 @@ def test_same_write_exact_size_and_deterministic(source_dir, tmp_path):
 def test_example_plan_and_resume(source_dir, tmp_path):
     wanted = {b"s0-1": 3, b"s2-5": 1, b"s4-39": 2}
     out_dir = str(tmp_path / "ex")
-    shard_set = write.write_selected(source_dir, wanted, out_dir, records_per_shard=4, seed=0,
-                                     process_index=0, process_count=1)
+    shard_set = write.write_selected(
+        source_dir, wanted, out_dir, records_per_shard=4, seed=0, process_index=0, process_count=1
+    )
     assert collections.Counter(e.example_id for e in read_all(out_dir)) == wanted
     assert all(e.weight == 1.0 for e in read_all(out_dir))
     # an interrupted write: manifest and one shard gone, a stale temp file left; re-running completes it
@@ -157,21 +170,24 @@ def test_example_plan_and_resume(source_dir, tmp_path):
     os.remove(os.path.join(out_dir, manifest.MANIFEST_NAME))
     os.remove(shard_set.files[0])
     open(shard_set.files[1] + ".tmp", "wb").write(b"half")
-    again = write.write_selected(source_dir, wanted, out_dir, records_per_shard=4, seed=0,
-                                 process_index=0, process_count=1)
+    again = write.write_selected(
+        source_dir, wanted, out_dir, records_per_shard=4, seed=0, process_index=0, process_count=1
+    )
     assert open(again.files[0], "rb").read() == first
     manifest.load_manifest(out_dir)  # sha256s verify
     with pytest.raises(ValueError, match="different plan"):
-        write.write_selected(source_dir, {b"s0-1": 1}, out_dir, records_per_shard=4, seed=0,
-                             process_index=0, process_count=1)
+        write.write_selected(
+            source_dir, {b"s0-1": 1}, out_dir, records_per_shard=4, seed=0, process_index=0, process_count=1
+        )
 
 
 def test_array_plan_keeps_rates(source_dir, tmp_path):
     src = manifest.load_manifest(source_dir)
     planned = np.zeros(len(LABELS))
     planned[[0, 3]] = np.asarray(src.label_counts)[[0, 3]]  # every example carrying label 0 or 3... by rate
-    out = write.write_selected(source_dir, planned, str(tmp_path / "arr"), records_per_shard=50, seed=0,
-                               process_index=0, process_count=1)
+    out = write.write_selected(
+        source_dir, planned, str(tmp_path / "arr"), records_per_shard=50, seed=0, process_index=0, process_count=1
+    )
     examples = read_all(str(tmp_path / "arr"))
     assert len({e.example_id for e in examples}) == len(examples) == out.num_records > 0
     assert all(e.weight == 1.0 for e in examples)
@@ -201,8 +217,10 @@ def test_two_process_write_equals_one_process_write(source_dir, tmp_path, matche
         out = str(tmp_path / f"p{count}")
         script = _CHILD.format(root=ROOT, src=source_dir, matcher=matcher, size=size, out=out)
         env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-        procs = [subprocess.Popen([sys.executable, "-c", script, str(i), str(count)], env=env,
-                                  stderr=subprocess.PIPE) for i in range(count)]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", script, str(i), str(count)], env=env, stderr=subprocess.PIPE)
+            for i in range(count)
+        ]
         for proc in procs:
             _, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err.decode()

@@ -16,7 +16,8 @@ import pytest
 
 from data import embedded, pipeline
 from tests.trainer_testlib import SmallCNN
-from trainer import checkpoint, config as config_lib, linear_probe
+from trainer import checkpoint, linear_probe
+from trainer import config as config_lib
 from trainer.evaluate import evaluate, evaluate_batches, extract_features, features_of_batches
 from trainer.train import fit, train
 
@@ -34,7 +35,9 @@ def target(tmp_path_factory):
 
 def _probe(train_x, train_y, test_x, test_y):
     val = np.arange(len(train_y)) % 4 == 0
-    result = linear_probe.fit_logistic_regression(train_x[~val], train_y[~val], train_x[val], train_y[val], np.logspace(-4, 3, 15))
+    result = linear_probe.fit_logistic_regression(
+        train_x[~val], train_y[~val], train_x[val], train_y[val], np.logspace(-4, 3, 15)
+    )
     return linear_probe.evaluate_probe(result, test_x, test_y)
 
 
@@ -45,19 +48,28 @@ def test_short_run_beats_chance_and_random_init_probe(target, tmp_path):
     c.global_batch_size, c.image_size, c.learning_rate, c.bn_momentum = 32, 32, 0.1, "model"
     c.checkpoint_every_steps, c.log_every_steps = 1000, 100
     model = SmallCNN(num_classes=k, width=32)
-    make = lambda: pipeline.train_iterator(train_set.directory, global_batch_size=32, image_size=32, seed=0, num_classes=k, augment=False)  # noqa: E731
+    make = lambda: pipeline.train_iterator(
+        train_set.directory, global_batch_size=32, image_size=32, seed=0, num_classes=k, augment=False
+    )  # noqa: E731
     fit(c, model=model, make_iterator=make, total_steps=300, warmup_steps=30, workdir=str(tmp_path))
     trained = checkpoint.load_variables(str(tmp_path), use_ema=False)
     batches = lambda d: pipeline.eval_batches(d, global_batch_size=64, image_size=32, num_classes=k)  # noqa: E731
     scores = evaluate_batches(model, trained, batches(test_set.directory), k)
 
     def probe(variables):
-        return _probe(*features_of_batches(model, variables, batches(train_set.directory)),
-                      *features_of_batches(model, variables, batches(test_set.directory)))
+        return _probe(
+            *features_of_batches(model, variables, batches(train_set.directory)),
+            *features_of_batches(model, variables, batches(test_set.directory)),
+        )
 
     probe_trained = probe(trained)
     probe_random = probe(model.init(jax.random.PRNGKey(7), jnp.zeros((1, 32, 32, 3))))
-    print("EMBEDDED_SMALL_CNN", json.dumps({"chance": 1 / k, "finetune": scores, "probe_trained": probe_trained, "probe_random_init": probe_random}))
+    print(
+        "EMBEDDED_SMALL_CNN",
+        json.dumps(
+            {"chance": 1 / k, "finetune": scores, "probe_trained": probe_trained, "probe_random_init": probe_random}
+        ),
+    )
     assert scores["num_examples"] == 10 * k
     assert scores["top1"] > 2.5 / k
     assert probe_trained["top1"] > probe_random["top1"] + 0.03
@@ -79,10 +91,21 @@ def _inception_fit(train_dir: str, test_dir: str, workdir: str) -> None:
     fitted = evaluate(c, model_config=model_config, workdir=workdir, data_dir=train_dir)
     scores = evaluate(c, model_config=model_config, workdir=workdir, data_dir=test_dir)
     features, labels = extract_features(c, model_config=model_config, workdir=workdir, data_dir=test_dir)
-    print("EMBEDDED_INCEPTION " + json.dumps({
-        "train_loss": result["loss"], "train_split": fitted, "test_split": scores, "num_features": len(features),
-        "num_labels": len(labels), "feature_dim": features.shape[1], "finite": bool(np.isfinite(features).all()),
-    }), flush=True)
+    print(
+        "EMBEDDED_INCEPTION "
+        + json.dumps(
+            {
+                "train_loss": result["loss"],
+                "train_split": fitted,
+                "test_split": scores,
+                "num_features": len(features),
+                "num_labels": len(labels),
+                "feature_dim": features.shape[1],
+                "finite": bool(np.isfinite(features).all()),
+            }
+        ),
+        flush=True,
+    )
 
 
 @pytest.mark.slow
@@ -92,7 +115,13 @@ def test_tiny_inception_train_evaluate_extract(target, tmp_path):
     train_set, test_set = target
     k = train_set.num_labels
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-    command = [sys.executable, os.path.abspath(__file__), train_set.directory, test_set.directory, str(tmp_path / "run")]
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        train_set.directory,
+        test_set.directory,
+        str(tmp_path / "run"),
+    ]
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     out = json.loads(done.stdout.split("EMBEDDED_INCEPTION ", 1)[1].splitlines()[0])

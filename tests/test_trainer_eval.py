@@ -1,6 +1,5 @@
 """Evaluation counts every example once (dataset not a multiple of the batch), features, linear probe, split."""
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +56,9 @@ def test_linear_probe_chooses_on_validation():
     assert res.val_top1 == max(p["val_top1"] for p in res.path)
     good = linear_probe.evaluate_probe(res, x[300:], y[300:])
     bad = linear_probe.evaluate_probe(
-        linear_probe.fit_logistic_regression(noise[:200], y[:200], noise[200:300], y[200:300], np.logspace(-6, 5, 12)), noise[300:], y[300:]
+        linear_probe.fit_logistic_regression(noise[:200], y[:200], noise[200:300], y[200:300], np.logspace(-6, 5, 12)),
+        noise[300:],
+        y[300:],
     )
     assert good["top1"] > 0.9 > 0.4 > bad["top1"]
     assert set(good) == {"top1", "mean_per_class"}

@@ -4,20 +4,35 @@ import jax
 import numpy as np
 
 from tests.trainer_testlib import MemoryIterator, SmallCNN, random_data, tiny_config
-from trainer import checkpoint, config as config_lib
+from trainer import checkpoint
+from trainer import config as config_lib
 from trainer.parallel import PMAP_AXIS, fsdp_spec
 from trainer.train import fit
 
 
 def _train(workdir, parallelism, fsdp=False, steps=6):
     assert jax.device_count() == 8
-    c = tiny_config(config_lib.pretrain_config(), parallelism=parallelism, fsdp=fsdp, ema_decay=0.9, weight_decay=1e-3,
-                    learning_rate=0.2, checkpoint_every_steps=100, fsdp_min_size=0)
+    c = tiny_config(
+        config_lib.pretrain_config(),
+        parallelism=parallelism,
+        fsdp=fsdp,
+        ema_decay=0.9,
+        weight_decay=1e-3,
+        learning_rate=0.2,
+        checkpoint_every_steps=100,
+        fsdp_min_size=0,
+    )
     images, labels = random_data(64)
     weights = np.linspace(0.5, 1.5, 64).astype(np.float32)
     model = SmallCNN(width=16, bn_axis_name=PMAP_AXIS if parallelism == "pmap" else None)
-    fit(c, model=model, make_iterator=lambda: MemoryIterator(images, labels, 16, 4, weights), total_steps=steps,
-        warmup_steps=2, workdir=str(workdir))
+    fit(
+        c,
+        model=model,
+        make_iterator=lambda: MemoryIterator(images, labels, 16, 4, weights),
+        total_steps=steps,
+        warmup_steps=2,
+        workdir=str(workdir),
+    )
     return checkpoint.load_raw_state(str(workdir))
 
 

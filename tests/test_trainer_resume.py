@@ -41,17 +41,33 @@ def _main(workdir: str, shard_dir: str, delay: float) -> None:
     from trainer import config as config_lib
     from trainer.train import fit
 
-    c = tiny_config(config_lib.pretrain_config(), ema_decay=0.9, checkpoint_every_steps=3, log_every_steps=3, learning_rate=0.1)
-    make = lambda: _Slow(  # noqa: E731
-        pipeline.train_iterator(shard_dir, global_batch_size=16, image_size=16, seed=3, num_classes=4, augment=True), delay
+    c = tiny_config(
+        config_lib.pretrain_config(), ema_decay=0.9, checkpoint_every_steps=3, log_every_steps=3, learning_rate=0.1
     )
-    fit(c, model=SmallCNN(dropout_rate=0.3), make_iterator=make, total_steps=TOTAL_STEPS, warmup_steps=2, workdir=workdir)
+    make = lambda: _Slow(  # noqa: E731
+        pipeline.train_iterator(shard_dir, global_batch_size=16, image_size=16, seed=3, num_classes=4, augment=True),
+        delay,
+    )
+    fit(
+        c,
+        model=SmallCNN(dropout_rate=0.3),
+        make_iterator=make,
+        total_steps=TOTAL_STEPS,
+        warmup_steps=2,
+        workdir=workdir,
+    )
 
 
 def _start(workdir, shard_dir, delay=0.0):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}  # XLA_FLAGS as conftest set them
-    return subprocess.Popen([sys.executable, os.path.abspath(__file__), workdir, shard_dir, str(delay)], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), workdir, shard_dir, str(delay)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish(proc, timeout=240):
@@ -86,7 +102,9 @@ def _assert_same(a, b):
     import jax
 
     for key in ("params", "batch_stats", "opt_state", "ema_params", "ema_batch_stats", "step"):
-        jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6), a[key], b[key])
+        jax.tree.map(
+            lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6), a[key], b[key]
+        )
 
 
 @pytest.mark.slow

@@ -10,7 +10,8 @@ import optax
 import pytest
 
 from tests.trainer_testlib import MemoryIterator, SmallCNN, random_data, tiny_config
-from trainer import checkpoint, config as config_lib, losses, metrics, optim, schedules, warm_start
+from trainer import checkpoint, losses, metrics, optim, schedules, warm_start
+from trainer import config as config_lib
 from trainer.state import create_state
 from trainer.step import make_train_step
 from trainer.train import fit
@@ -150,7 +151,9 @@ def test_ema_tracks_tf_formula():
         expected = jax.tree.map(lambda e, p: d * e + (1 - d) * np.asarray(p), expected, state.params)
         expected_stats = jax.tree.map(lambda e, p: d * e + (1 - d) * np.asarray(p), expected_stats, state.batch_stats)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), state.ema_params, expected)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), state.ema_batch_stats, expected_stats)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), state.ema_batch_stats, expected_stats
+    )
     assert not np.allclose(state.ema_params["head"]["kernel"], state.params["head"]["kernel"])
 
 
@@ -159,7 +162,9 @@ def test_aux_loss_is_weighted_in():
     model = SmallCNN(aux_head=True)
     step, state, it = _step_setup(c, model)
     batch = next(it)
-    outputs, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=True, mutable=["batch_stats"])
+    outputs, _ = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=True, mutable=["batch_stats"]
+    )
     main = optax.softmax_cross_entropy(outputs["logits"], batch["labels"]).mean()
     aux = optax.softmax_cross_entropy(outputs["aux_logits"], batch["labels"]).mean()
     _, m = step(state, batch)
@@ -182,8 +187,14 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     images, labels = random_data(16 * 10)
     images[16 * 7 + 3] = np.nan  # the 8th batch carries a NaN
     with pytest.raises(metrics.NonFiniteLossError, match="at step 8.*checkpoint at step 5 kept"):
-        fit(c, model=SmallCNN(), make_iterator=lambda: MemoryIterator(images, labels, 16, 4), total_steps=20,
-            warmup_steps=1, workdir=str(tmp_path))
+        fit(
+            c,
+            model=SmallCNN(),
+            make_iterator=lambda: MemoryIterator(images, labels, 16, 4),
+            total_steps=20,
+            warmup_steps=1,
+            workdir=str(tmp_path),
+        )
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["5"]
     assert not (tmp_path / "final.json").exists()
     good = checkpoint.load_variables(str(tmp_path), use_ema=False)
@@ -192,8 +203,15 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def _run(workdir, c, model, steps=4, init_from=None, num_classes=4):
     images, labels = random_data(64, num_classes=num_classes)
-    return fit(c, model=model, make_iterator=lambda: MemoryIterator(images, labels, 16, num_classes), total_steps=steps,
-               warmup_steps=1, workdir=str(workdir), init_from=init_from)
+    return fit(
+        c,
+        model=model,
+        make_iterator=lambda: MemoryIterator(images, labels, 16, num_classes),
+        total_steps=steps,
+        warmup_steps=1,
+        workdir=str(workdir),
+        init_from=init_from,
+    )
 
 
 def test_init_from_replaces_head_keeps_backbone(tmp_path):
@@ -207,13 +225,22 @@ def test_init_from_replaces_head_keeps_backbone(tmp_path):
     np.testing.assert_array_equal(merged["params"]["conv1"]["kernel"], source["params"]["conv1"]["kernel"])
     np.testing.assert_array_equal(merged["batch_stats"]["bn0"]["var"], source["batch_stats"]["bn0"]["var"])
     assert merged["params"]["head"]["kernel"].shape == (16, 6)
-    same, reinit = warm_start.merge_pretrained(jax.device_get(SmallCNN(num_classes=4).init(jax.random.PRNGKey(5), jnp.zeros((1, 16, 16, 3)))), source, "always")
+    same, reinit = warm_start.merge_pretrained(
+        jax.device_get(SmallCNN(num_classes=4).init(jax.random.PRNGKey(5), jnp.zeros((1, 16, 16, 3)))), source, "always"
+    )
     assert reinit == ["head"] and not np.allclose(same["params"]["head"]["kernel"], source["params"]["head"]["kernel"])
     with pytest.raises(ValueError, match="reinit_head='never'"):
         warm_start.merge_pretrained(jax.device_get(fresh), source, "never")
     # fine-tuning through the loop: 0 learning-rate steps leave the loaded backbone as it was
     fine = tiny_config(config_lib.finetune_config(), learning_rate=0.0, bn_momentum="model")
-    _run(tmp_path / "fine", fine, SmallCNN(num_classes=6, bn_momentum=1.0), steps=2, init_from=str(tmp_path / "pre"), num_classes=6)
+    _run(
+        tmp_path / "fine",
+        fine,
+        SmallCNN(num_classes=6, bn_momentum=1.0),
+        steps=2,
+        init_from=str(tmp_path / "pre"),
+        num_classes=6,
+    )
     tuned = checkpoint.load_variables(str(tmp_path / "fine"), use_ema=False)
     np.testing.assert_array_equal(tuned["params"]["conv0"]["kernel"], source["params"]["conv0"]["kernel"])
     assert tuned["params"]["head"]["kernel"].shape == (16, 6)
@@ -222,7 +249,11 @@ def test_init_from_replaces_head_keeps_backbone(tmp_path):
 def test_finished_run_returns_at_once(tmp_path):
     c = tiny_config(config_lib.finetune_config())
     first = _run(tmp_path, c, SmallCNN(), steps=2)
-    assert _run(tmp_path, c, SmallCNN(), steps=2) == json.loads((tmp_path / "final.json").read_text()) == json.loads(json.dumps(first))
+    assert (
+        _run(tmp_path, c, SmallCNN(), steps=2)
+        == json.loads((tmp_path / "final.json").read_text())
+        == json.loads(json.dumps(first))
+    )
 
 
 def test_prepare_model_config_sets_classes_dtype_bn():
@@ -230,8 +261,16 @@ def test_prepare_model_config_sets_classes_dtype_bn():
 
     from trainer.train import prepare_model_config
 
-    model_config = ml_collections.ConfigDict({"name": "x", "num_classes": 1000, "image_size": 299, "dtype": "float32",
-                                              "bn_momentum": 0.9997, "bn_axis_name": ""})
+    model_config = ml_collections.ConfigDict(
+        {
+            "name": "x",
+            "num_classes": 1000,
+            "image_size": 299,
+            "dtype": "float32",
+            "bn_momentum": 0.9997,
+            "bn_axis_name": "",
+        }
+    )
     c = config_lib.finetune_config()
     c.compute_dtype, c.image_size, c.global_batch_size, c.parallelism = "bfloat16", 75, 100, "pmap"
     out = prepare_model_config(c, model_config, num_classes=37, num_records=3680)  # s = 37 steps/epoch
@@ -247,7 +286,10 @@ def test_runs_share_programs_across_seeds_and_results_do_not_depend_on_sharing(t
     shared = programs.programs_for(c, SmallCNN(), 4, 1)
     c2 = tiny_config(config_lib.finetune_config(), seed=2, checkpoint_every_steps=7, log_every_steps=3)
     assert programs.programs_for(c2, SmallCNN(), 4, 1) is shared  # host-side fields only differ
-    assert programs.programs_for(tiny_config(config_lib.finetune_config(), learning_rate=0.5), SmallCNN(), 4, 1) is not shared
+    assert (
+        programs.programs_for(tiny_config(config_lib.finetune_config(), learning_rate=0.5), SmallCNN(), 4, 1)
+        is not shared
+    )
     assert programs.programs_for(c, SmallCNN(width=4), 4, 1) is not shared
     assert programs.programs_for(c, SmallCNN(), 5, 1) is not shared
 

@@ -29,7 +29,14 @@ class SmallCNN(nn.Module):
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         x = images.astype(self.dtype)
         for i, stride in enumerate((2, 2)):
-            x = nn.Conv(self.width * (i + 1), (3, 3), strides=(stride, stride), use_bias=False, dtype=self.dtype, name=f"conv{i}")(x)
+            x = nn.Conv(
+                self.width * (i + 1),
+                (3, 3),
+                strides=(stride, stride),
+                use_bias=False,
+                dtype=self.dtype,
+                name=f"conv{i}",
+            )(x)
             x = nn.BatchNorm(
                 use_running_average=not train,
                 momentum=self.bn_momentum,
@@ -62,7 +69,9 @@ def class_image(label: int, rng: np.random.RandomState, size: int = 20) -> bytes
     return buf.getvalue()
 
 
-def write_shards(directory: str, n: int, num_classes: int = 4, *, num_shards: int = 2, seed: int = 0, size: int = 20) -> str:
+def write_shards(
+    directory: str, n: int, num_classes: int = 4, *, num_shards: int = 2, seed: int = 0, size: int = 20
+) -> str:
     """n single-label examples over `num_shards` shards, manifest last."""
     rng = np.random.RandomState(seed)
     os.makedirs(directory, exist_ok=True)
@@ -74,7 +83,12 @@ def write_shards(directory: str, n: int, num_classes: int = 4, *, num_shards: in
         counts.append(
             records.write_tfrecord(
                 path,
-                [records.encode_example(records.Example(class_image(labels[i], rng, size), (labels[i],), f"id{i}".encode(), None)) for i in ids],
+                [
+                    records.encode_example(
+                        records.Example(class_image(labels[i], rng, size), (labels[i],), f"id{i}".encode(), None)
+                    )
+                    for i in ids
+                ],
             )
         )
         files.append(path)
@@ -86,7 +100,14 @@ def write_shards(directory: str, n: int, num_classes: int = 4, *, num_shards: in
 class MemoryIterator:
     """Cycles through fixed arrays in order; get_state/set_state like grain's iterators."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, num_classes: int, weights: np.ndarray | None = None):
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        num_classes: int,
+        weights: np.ndarray | None = None,
+    ):
         self.images, self.labels, self.batch_size, self.num_classes = images, labels, batch_size, num_classes
         self.weights = np.ones(len(labels), np.float32) if weights is None else weights
         self.position = 0

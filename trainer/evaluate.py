@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from data import manifest
 from trainer import checkpoint
@@ -79,7 +80,9 @@ def _features_program(model: nn.Module, replicated: NamedSharding):
     return forward
 
 
-def evaluate_batches(model: nn.Module, variables: dict, batches: Iterable[dict[str, np.ndarray]], num_classes: int) -> dict[str, float]:
+def evaluate_batches(
+    model: nn.Module, variables: dict, batches: Iterable[dict[str, np.ndarray]], num_classes: int
+) -> dict[str, float]:
     """Accuracy of `variables` over `batches` (with `mask`); a class is an example's first label, a
     prediction is correct when it is any of the example's labels."""
     variables, batch_sharding, _ = _place(variables)
@@ -93,7 +96,9 @@ def evaluate_batches(model: nn.Module, variables: dict, batches: Iterable[dict[s
     return accuracy_from_counts(correct, count)
 
 
-def features_of_batches(model: nn.Module, variables: dict, batches: Iterable[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+def features_of_batches(
+    model: nn.Module, variables: dict, batches: Iterable[dict[str, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
     """Penultimate features and first labels of every real (unmasked) example, in order."""
     variables, batch_sharding, replicated = _place(variables)
     forward = _features_program(model, replicated)
@@ -110,16 +115,23 @@ def _setup(config, model_config, workdir, data_dir):
     from models.registry import build_model
 
     shards = manifest.load_manifest(data_dir, verify=False)
-    model_config = prepare_model_config(config, model_config, num_classes=shards.num_labels, num_records=shards.num_records)
+    model_config = prepare_model_config(
+        config, model_config, num_classes=shards.num_labels, num_records=shards.num_records
+    )
     model = build_model(model_config)
     variables = checkpoint.load_variables(workdir, use_ema=bool(config.eval_with_ema))
     batches = pipeline.eval_batches(
-        data_dir, global_batch_size=int(config.eval_batch_size), image_size=int(config.image_size), num_classes=shards.num_labels
+        data_dir,
+        global_batch_size=int(config.eval_batch_size),
+        image_size=int(config.image_size),
+        num_classes=shards.num_labels,
     )
     return model, variables, batches, shards.num_labels
 
 
-def evaluate(config: ml_collections.ConfigDict, *, model_config: ml_collections.ConfigDict, workdir: str, data_dir: str) -> dict:
+def evaluate(
+    config: ml_collections.ConfigDict, *, model_config: ml_collections.ConfigDict, workdir: str, data_dir: str
+) -> dict:
     """top1, mean_per_class, num_examples of `workdir`'s latest weights (EMA if eval_with_ema) on `data_dir`."""
     model, variables, batches, num_classes = _setup(config, model_config, workdir, data_dir)
     return evaluate_batches(model, variables, batches, num_classes)

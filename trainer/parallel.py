@@ -12,7 +12,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from trainer.state import TrainState
 
@@ -48,7 +49,13 @@ class JitRunner:
     """jit with explicit shardings: the batch split over 'data', the state replicated or FSDP-sharded."""
 
     def __init__(
-        self, step_fn: Callable, abstract_state: TrainState, *, fsdp: bool, fsdp_min_size: int = 2**14, mesh: Mesh | None = None
+        self,
+        step_fn: Callable,
+        abstract_state: TrainState,
+        *,
+        fsdp: bool,
+        fsdp_min_size: int = 2**14,
+        mesh: Mesh | None = None,
     ):
         self.mesh = mesh or data_mesh()
         self.state_sharding = state_shardings(abstract_state, self.mesh, fsdp, fsdp_min_size)
@@ -148,7 +155,11 @@ class PmapRunner:
 
 
 def make_runner(
-    parallelism: str, step_factory: Callable[[str | None], Callable], abstract_state: Any, fsdp: bool, fsdp_min_size: int = 2**14
+    parallelism: str,
+    step_factory: Callable[[str | None], Callable],
+    abstract_state: Any,
+    fsdp: bool,
+    fsdp_min_size: int = 2**14,
 ):
     """`step_factory(axis_name)` builds the step; pmap gets an axis name, jit gets None."""
     if parallelism == "pmap":

@@ -30,9 +30,23 @@ from trainer.step import make_train_step
 # and durations (resolved into total/warm-up steps) and BatchNorm momentum (resolved into the model).
 HOST_SIDE_FIELDS = frozenset(
     {
-        "seed", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps", "eval_batch_size",
-        "worker_count", "init_from_ema", "reinit_head", "eval_with_ema", "augment", "flip",
-        "min_crop_area", "steps", "epochs", "warmup_steps", "warmup_epochs", "bn_momentum",
+        "seed",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "log_every_steps",
+        "eval_batch_size",
+        "worker_count",
+        "init_from_ema",
+        "reinit_head",
+        "eval_with_ema",
+        "augment",
+        "flip",
+        "min_crop_area",
+        "steps",
+        "epochs",
+        "warmup_steps",
+        "warmup_epochs",
+        "bn_momentum",
     }
 )
 _CACHE_SIZE = 8  # distinct programs kept per process (a sweep visits many; each holds executables)

@@ -44,7 +44,12 @@ def split_train_val(train_dir: str, out_dir: str, val_fraction: float = 0.2, see
             for label in records.decode_example(examples[i]).labels:
                 counts[label] += 1
         manifest.write_manifest(
-            directory, [path], [count], shards.label_names, counts.tolist(), shards.hierarchy,
+            directory,
+            [path],
+            [count],
+            shards.label_names,
+            counts.tolist(),
+            shards.hierarchy,
             {"split_of": os.path.abspath(train_dir), "val_fraction": val_fraction, "seed": seed},
         )
     return train_out, val_out
@@ -71,9 +76,17 @@ def finetune_seeds(
     runs = []
     for seed in seeds:
         run_dir = os.path.join(workdir, f"seed_{seed}")
-        train(_with(config, seed=int(seed)), model_config=model_config, train_dir=train_dir, workdir=run_dir,
-              init_from=init_from, stage_name=f"finetune seed {seed}")
-        runs.append({"seed": int(seed), **evaluate(config, model_config=model_config, workdir=run_dir, data_dir=test_dir)})
+        train(
+            _with(config, seed=int(seed)),
+            model_config=model_config,
+            train_dir=train_dir,
+            workdir=run_dir,
+            init_from=init_from,
+            stage_name=f"finetune seed {seed}",
+        )
+        runs.append(
+            {"seed": int(seed), **evaluate(config, model_config=model_config, workdir=run_dir, data_dir=test_dir)}
+        )
     top1 = np.array([r["top1"] for r in runs])
     mpc = np.array([r["mean_per_class"] for r in runs])
     return {
@@ -106,13 +119,36 @@ def run_sweep(
         name = f"lr{lr:.3g}_wd{wd:.3g}"
         point = _with(config, learning_rate=float(lr), weight_decay=float(wd))
         run_dir = os.path.join(workdir, "grid", name)
-        train(point, model_config=model_config, train_dir=sub_train, workdir=run_dir, init_from=init_from, stage_name=f"grid {name}")
+        train(
+            point,
+            model_config=model_config,
+            train_dir=sub_train,
+            workdir=run_dir,
+            init_from=init_from,
+            stage_name=f"grid {name}",
+        )
         scores = evaluate(point, model_config=model_config, workdir=run_dir, data_dir=val)
-        rows.append({"learning_rate": float(lr), "weight_decay": float(wd), "val_top1": scores["top1"],
-                     "val_mean_per_class": scores["mean_per_class"], "selected": False})
+        rows.append(
+            {
+                "learning_rate": float(lr),
+                "weight_decay": float(wd),
+                "val_top1": scores["top1"],
+                "val_mean_per_class": scores["mean_per_class"],
+                "selected": False,
+            }
+        )
     best = max(rows, key=lambda r: r[f"val_{select_on}"])
     best["selected"] = True
     chosen = _with(config, learning_rate=best["learning_rate"], weight_decay=best["weight_decay"])
-    best.update(finetune_seeds(chosen, model_config=model_config, train_dir=train_dir, test_dir=test_dir,
-                               workdir=os.path.join(workdir, "final"), init_from=init_from, seeds=seeds))
+    best.update(
+        finetune_seeds(
+            chosen,
+            model_config=model_config,
+            train_dir=train_dir,
+            test_dir=test_dir,
+            workdir=os.path.join(workdir, "final"),
+            init_from=init_from,
+            seeds=seeds,
+        )
+    )
     return rows

@@ -150,7 +150,12 @@ def fit(
 
 
 def _report(
-    stage: str, step: int, total: int, window: metrics_lib.WindowTimer, global_batch: int, writer: metrics_lib.MetricsWriter
+    stage: str,
+    step: int,
+    total: int,
+    window: metrics_lib.WindowTimer,
+    global_batch: int,
+    writer: metrics_lib.MetricsWriter,
 ) -> dict[str, float]:
     elapsed = window.elapsed()
     means = window.means()
