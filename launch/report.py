@@ -21,6 +21,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from data import atomic  # noqa: E402
+from launch import workdir  # noqa: E402
 
 CSV_COLUMNS = (
     "pretraining_data",
@@ -82,13 +83,11 @@ def _plot_results(rows: list[dict], path: str) -> None:
     atomic.write_bytes(path, buffer.getvalue())
 
 
-def write_report(config: ml_collections.ConfigDict, ws) -> dict:
+def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> dict:
     """Builds report.md / report.csv / results.png from the finetune, weights and select outputs."""
-    from launch import stages
-
-    results = atomic.read_json(ws.path("finetune", "results.json"))
+    results = atomic.read_json(ws.finetune_results)
     target = config.data.target_name
-    order = [c for c in stages.pretraining_choices(config) if c in results]  # JSON keys come back sorted
+    order = [c for c in workdir.pretraining_choices(config) if c in results]  # JSON keys come back sorted
     rows = results_rows({c: results[c] for c in order}, target)
 
     csv_buffer = io.StringIO()
@@ -96,14 +95,14 @@ def write_report(config: ml_collections.ConfigDict, ws) -> dict:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic.write_text(ws.path("report.csv"), csv_buffer.getvalue())
-    _plot_results(rows, ws.path("results.png"))
+    atomic.write_text(ws.report_csv, csv_buffer.getvalue())
+    _plot_results(rows, ws.results_png)
 
-    weights_info = atomic.read_json(ws.path("weights", "weights.json"))
+    weights_info = atomic.read_json(ws.weights_json)
     w = np.asarray(weights_info["w"])
     names = weights_info["label_names"]
-    methods = [m for m in config.selection.methods if os.path.exists(ws.selected(m) + ".plan.csv")]
-    plans = {m: _read_plan(ws.selected(m) + ".plan.csv") for m in methods}
+    methods = [m for m in config.selection.methods if os.path.exists(ws.plan_csv(m))]
+    plans = {m: _read_plan(ws.plan_csv(m)) for m in methods}
     top = np.argsort(-w)[: config.report.top_labels]
     label_rows = []
     for rank, i in enumerate(top, start=1):
@@ -161,5 +160,5 @@ def write_report(config: ml_collections.ConfigDict, ws) -> dict:
         "![importance weights](importance_weights.png)",
         "",
     ]
-    atomic.write_text(ws.path("report.md"), "\n".join(md))
+    atomic.write_text(ws.report_md, "\n".join(md))
     return {r["pretraining_data"]: round(r["top1_mean"], 2) for r in rows}

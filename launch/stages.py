@@ -1,20 +1,10 @@
 """The pipeline's stages, each a function of (config, work dir) that is skipped once complete.
 
-Work dir layout (every stage writes only under its own folder, and a stage is complete when its
-marker `stages/<name>.json` exists, written atomically after all its outputs):
-
-  config.json                       resolved config of the latest launch
-  data/source, data/target/{train,test}   shard sets (prepare)
-  pretrain/<choice>/                trainer work dirs: entire_source, same, elastic, ... (pretrain_*)
-  weights/                          Pt, Ps, w per source label (weights)
-  selected/<method>/                weighted TFRecord shards + manifest, plan.csv, stats (select)
-  finetune/<choice>/seed_<s>/       fine-tuning runs and their test metrics (finetune)
-  report.md, report.csv, *.png      the report (report)
+Where each stage writes is `launch.workdir`; a stage is complete once its marker exists.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -23,41 +13,10 @@ import ml_collections
 import numpy as np
 
 from data import atomic, manifest
-from launch import config_cli
+from launch import config_cli, report
+from launch.workdir import ENTIRE_SOURCE, RANDOM_INIT, STAGE_NAMES, Workspace, pretraining_choices
 
-STAGE_NAMES = ("prepare", "pretrain_source", "weights", "select", "pretrain_selected", "finetune", "report")
 MATCHERS = ("same", "elastic", "uniform", "reverse", "entire")
-RANDOM_INIT = "random_init"
-ENTIRE_SOURCE = "entire_source"
-
-
-@dataclasses.dataclass(frozen=True)
-class Workspace:
-    """Paths of one job's work dir."""
-
-    root: str
-
-    def path(self, *parts: str) -> str:
-        return os.path.join(self.root, *parts)
-
-    @property
-    def source(self) -> str:
-        return self.path("data", "source")
-
-    def target(self, split: str) -> str:
-        return self.path("data", "target", split)
-
-    def pretrain(self, choice: str) -> str:
-        return self.path("pretrain", choice)
-
-    def selected(self, method: str) -> str:
-        return self.path("selected", method)
-
-    def finetune(self, choice: str, seed: int) -> str:
-        return self.path("finetune", choice, f"seed_{seed}")
-
-    def marker(self, stage: str) -> str:
-        return self.path("stages", f"{stage}.json")
 
 
 def select_stages(names: Sequence[str]) -> tuple[str, ...]:
@@ -87,11 +46,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     )
 
 
-def pretraining_choices(config: ml_collections.ConfigDict) -> list[str]:
-    """Rows of the report: entire source, each selection method, and random initialisation."""
-    return [ENTIRE_SOURCE, *config.selection.methods, RANDOM_INIT]
-
-
 def _model_config(config: ml_collections.ConfigDict, num_classes: int) -> ml_collections.ConfigDict:
     model_config = ml_collections.ConfigDict(config.model.to_dict())
     model_config.num_classes = num_classes
@@ -108,7 +62,7 @@ def stage_prepare(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     if not os.path.exists(os.path.join(ws.source, manifest.MANIFEST_NAME)):
         embedded.build_source(ws.source, config.data.embedded)
     if not all(os.path.exists(os.path.join(ws.target(s), manifest.MANIFEST_NAME)) for s in ("train", "test")):
-        embedded.build_target(ws.path("data", "target"), config.data.embedded)
+        embedded.build_target(ws.target_root, config.data.embedded)
     source = manifest.load_manifest(ws.source)
     train, test = (manifest.load_manifest(ws.target(s)) for s in ("train", "test"))
     return {
@@ -163,11 +117,12 @@ def stage_weights(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     )
     ps, w, excluded = weights.importance_weights(pt, np.asarray(source.label_counts), source.num_records)
     label_stats = {
-        name: {"count": int(c), "pt": float(p)} for name, c, p in zip(source.label_names, source.label_counts, pt)
+        name: {"count": int(c), "pt": float(p)}
+        for name, c, p in zip(source.label_names, source.label_counts, pt, strict=True)
     }
-    atomic.write_json(ws.path("weights", "label_stats.json"), label_stats)
+    atomic.write_json(ws.label_stats_json, label_stats)
     atomic.write_json(
-        ws.path("weights", "weights.json"),
+        ws.weights_json,
         {
             "label_names": source.label_names,
             "pt": pt.tolist(),
@@ -184,7 +139,7 @@ def stage_weights(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
 
 
 def _load_weights(ws: Workspace) -> dict:
-    raw = atomic.read_json(ws.path("weights", "weights.json"))
+    raw = atomic.read_json(ws.weights_json)
     return {k: np.asarray(v) if k in ("pt", "ps", "w") else v for k, v in raw.items()}
 
 
@@ -206,7 +161,7 @@ def stage_select(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
             size=config.selection.size,
             top_k=config.selection.top_k,
         )
-        label_plan.to_csv(os.path.join(out_dir + ".plan.csv"))
+        label_plan.to_csv(ws.plan_csv(method))
         shard_set = write.write_selected(
             ws.source,
             label_plan,
@@ -214,15 +169,15 @@ def stage_select(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
             records_per_shard=config.selection.records_per_shard,
             seed=config.seed,
             example_weight_rule=config.selection.example_weight_rule,
-            label_index_dir=ws.path("selected", "source_label_index"),  # shared by all methods
+            label_index_dir=ws.source_label_index,  # shared by all methods
         )
         table = stats.label_table(label_plan, shard_set)
-        stats.write_tables(table, ws.path("selected", f"{method}.stats"))
+        stats.write_tables(table, ws.selection_stats(method))
         summary[method] = {"records": shard_set.num_records, **stats.totals(table)}
     stats.plot_weights(
         weights_info["w"],
         weights_info["label_names"],
-        ws.path("importance_weights.png"),
+        ws.importance_weights_png,
         top=config.report.plot_top_labels,
     )
     return summary
@@ -253,7 +208,7 @@ def stage_finetune(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
                 init_from=None if choice == RANDOM_INIT else ws.pretrain(choice),
                 stage_name=f"finetune/{choice}/seed{seed}",
             )
-            metrics_path = os.path.join(run_dir, "test_metrics.json")
+            metrics_path = ws.test_metrics(choice, seed)
             if not os.path.exists(metrics_path):
                 metrics = evaluate.evaluate(
                     finetune_config, model_config=model_config, workdir=run_dir, data_dir=ws.target("test")
@@ -261,13 +216,11 @@ def stage_finetune(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
                 atomic.write_json(metrics_path, {**metrics, "seed": int(seed), "choice": choice})
             runs.append(atomic.read_json(metrics_path))
         results[choice] = runs
-    atomic.write_json(ws.path("finetune", "results.json"), results)
+    atomic.write_json(ws.finetune_results, results)
     return {c: float(np.mean([r["top1"] for r in runs])) for c, runs in results.items()}
 
 
 def stage_report(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
-    from launch import report
-
     return report.write_report(config, ws)
 
 

@@ -1,0 +1,110 @@
+"""The work-dir layout: the one place that names every file a job writes, and the report's rows.
+
+Every stage writes only under its own folder, and a stage is complete when its marker
+`stages/<name>.json` exists, written atomically after all its outputs:
+
+  config.json                             resolved config of the latest launch
+  data/source, data/target/{train,test}   shard sets (prepare)
+  pretrain/<choice>/                      trainer work dirs: entire_source, same, elastic, ... (pretrain_*)
+  weights/weights.json, label_stats.json  Pt, Ps, w per source label (weights)
+  selected/<method>/                      weighted TFRecord shards + manifest (select)
+  selected/<method>.plan.csv, .stats.*    the plan and Table-5 statistics of each method (select)
+  finetune/<choice>/seed_<s>/             fine-tuning runs and their test metrics (finetune)
+  finetune/results.json                   test metrics of every fine-tuning run (finetune)
+  report.md, report.csv, *.png            the report (report)
+
+`launch.stages` (which writes these) and `launch.report` (which reads them) both import this module
+and nothing else spells a work-dir path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import ml_collections
+
+STAGE_NAMES = ("prepare", "pretrain_source", "weights", "select", "pretrain_selected", "finetune", "report")
+RANDOM_INIT = "random_init"
+ENTIRE_SOURCE = "entire_source"
+
+
+def pretraining_choices(config: ml_collections.ConfigDict) -> list[str]:
+    """Rows of the report: entire source, each selection method, and random initialisation."""
+    return [ENTIRE_SOURCE, *config.selection.methods, RANDOM_INIT]
+
+
+@dataclasses.dataclass(frozen=True)
+class Workspace:
+    """Paths of one job's work dir."""
+
+    root: str
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    @property
+    def source(self) -> str:
+        return self.path("data", "source")
+
+    @property
+    def target_root(self) -> str:
+        return self.path("data", "target")
+
+    def target(self, split: str) -> str:
+        return self.path("data", "target", split)
+
+    def pretrain(self, choice: str) -> str:
+        return self.path("pretrain", choice)
+
+    @property
+    def weights_json(self) -> str:
+        return self.path("weights", "weights.json")
+
+    @property
+    def label_stats_json(self) -> str:
+        return self.path("weights", "label_stats.json")
+
+    def selected(self, method: str) -> str:
+        return self.path("selected", method)
+
+    def plan_csv(self, method: str) -> str:
+        return self.selected(method) + ".plan.csv"
+
+    def selection_stats(self, method: str) -> str:
+        """Prefix of a method's Table-5 statistics files (`.csv`, `.md`)."""
+        return self.selected(method) + ".stats"
+
+    @property
+    def source_label_index(self) -> str:
+        """Per-shard label index of the source, shared by every selection method."""
+        return self.path("selected", "source_label_index")
+
+    def finetune(self, choice: str, seed: int) -> str:
+        return self.path("finetune", choice, f"seed_{seed}")
+
+    def test_metrics(self, choice: str, seed: int) -> str:
+        return os.path.join(self.finetune(choice, seed), "test_metrics.json")
+
+    @property
+    def finetune_results(self) -> str:
+        return self.path("finetune", "results.json")
+
+    def marker(self, stage: str) -> str:
+        return self.path("stages", f"{stage}.json")
+
+    @property
+    def report_md(self) -> str:
+        return self.path("report.md")
+
+    @property
+    def report_csv(self) -> str:
+        return self.path("report.csv")
+
+    @property
+    def results_png(self) -> str:
+        return self.path("results.png")
+
+    @property
+    def importance_weights_png(self) -> str:
+        return self.path("importance_weights.png")
