@@ -19,8 +19,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from selection import allocation  # noqa: E402
 from selection import plan as plan_lib  # noqa: E402
-from selection import write  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -82,7 +82,7 @@ def main() -> None:
         )
         draws = plan.draws(0)
         start = time.perf_counter()
-        entry = write.allocate(shard, label, count, draws, seed=0, with_replacement=plan.with_replacement)
+        entry = allocation.allocate(shard, label, count, draws, seed=0, with_replacement=plan.with_replacement)
         seconds = time.perf_counter() - start
         assert entry.sum() == args.size and (plan.with_replacement or np.all(entry <= count))
         print(f"  allocation over shards ({matcher}): {seconds:.2f} s")

@@ -2,7 +2,9 @@
 
 Work is split BY SHARD across processes (source shard s belongs to process s % P, output shard k to
 the process whose contiguous block holds k), every random choice is seeded by the seed and a
-shard/label/position, never by the process, so any process count writes the same bytes.
+shard/label/position, never by the process, so any process count writes the same bytes. The
+sampling and ordering rules are `selection.allocation`'s, shared with the Beam pipeline
+(`selection.beam_write`), which writes the same bytes.
 
 Phases (each resumable: a phase output that exists is complete, it was written atomically):
 
@@ -47,6 +49,7 @@ import numpy as np
 from tensorflow_datasets.proto import tf_example_pb2
 
 from data import atomic, manifest, records
+from selection import allocation
 from selection import plan as plan_lib
 from selection import weights as weights_lib
 
@@ -69,7 +72,7 @@ class ShardScan:
 
     def ids(self) -> list[bytes]:
         blob = self.id_blob.tobytes()
-        return [blob[a:b] for a, b in zip(self.id_offsets[:-1], self.id_offsets[1:])]
+        return [blob[a:b] for a, b in zip(self.id_offsets[:-1], self.id_offsets[1:], strict=True)]
 
 
 _HEADER = struct.Struct("<QI")
@@ -161,97 +164,6 @@ def _wait_for(paths: list[str], timeout_s: float) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Deterministic randomness
-
-
-def permute(x: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """A seeded bijection of [0, n) applied to x: 4-round Feistel network with cycle walking."""
-    bits = max(2, int(n - 1).bit_length())
-    bits += bits % 2
-    half = np.uint64(bits // 2)
-    mask = np.uint64((1 << (bits // 2)) - 1)
-    keys = np.random.default_rng([int(seed), 0xFE157E1]).integers(0, 2**63, size=4, dtype=np.uint64)
-
-    def rounds(y: np.ndarray) -> np.ndarray:
-        left, right = y >> half, y & mask
-        for key in keys:
-            z = right ^ key
-            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            z ^= z >> np.uint64(31)
-            left, right = right, left ^ (z & mask)
-        return (left << half) | right
-
-    y = rounds(np.asarray(x, np.uint64))
-    outside = np.flatnonzero(y >= np.uint64(n))
-    while len(outside):  # cycle walking: a bijection of [0, 2^bits) restricted to [0, n)
-        y[outside] = rounds(y[outside])
-        outside = outside[y[outside] >= np.uint64(n)]
-    return y.astype(np.int64)
-
-
-def allocate(
-    shard: np.ndarray, label: np.ndarray, count: np.ndarray, draws: np.ndarray, *, seed: int, with_replacement: bool
-) -> np.ndarray:
-    """Splits each label's integer draws over the shards holding its examples.
-
-    (shard, label, count) lists the non-zero attributed counts; returns the draws of each entry.
-    Seeded by (seed, label) only, so every process computes the same allocation.
-    """
-    order = np.lexsort((shard, label))
-    result = np.zeros(len(count), np.int64)
-    sorted_labels = label[order]
-    for y in np.flatnonzero(draws > 0):
-        lo, hi = np.searchsorted(sorted_labels, [y, y + 1])
-        if lo == hi:
-            raise ValueError(f"label {y} has {draws[y]} planned draws but no examples in the source")
-        entries = order[lo:hi]
-        rng = np.random.default_rng([int(seed), 0xA110C, int(y)])
-        colors = count[entries].astype(np.int64)
-        if with_replacement:
-            result[entries] = rng.multinomial(int(draws[y]), colors / colors.sum())
-        else:
-            result[entries] = rng.multivariate_hypergeometric(colors, int(draws[y]))
-    return result
-
-
-def choose_copies(
-    attributed: np.ndarray, label_draws: np.ndarray, *, rng: np.random.Generator, with_replacement: bool
-) -> np.ndarray:
-    """Copies per example of one shard given each label's draws in this shard (vectorised).
-
-    `attributed` is each example's label (-1: none); `label_draws[y]` the draws for label y.
-    """
-    n = len(attributed)
-    groups = np.where(attributed >= 0, attributed, len(label_draws))
-    need = np.append(label_draws, 0)
-    if with_replacement:
-        order = np.argsort(groups, kind="stable")
-        start = np.searchsorted(groups[order], np.arange(len(need)))
-        size = np.bincount(groups, minlength=len(need))
-        labels = np.repeat(np.arange(len(need)), need)
-        if np.any(size[labels] == 0):
-            raise ValueError("draws for a label without examples in this shard")
-        picks = order[start[labels] + rng.integers(0, size[labels])]
-        return np.bincount(picks, minlength=n)
-    keys = rng.random(n)
-    order = np.lexsort((keys, groups))
-    sorted_groups = groups[order]
-    rank = np.arange(n) - np.searchsorted(sorted_groups, sorted_groups)
-    if np.any(need > np.bincount(groups, minlength=len(need))):
-        raise ValueError("more draws than examples for a label in this shard (without replacement)")
-    copies = np.zeros(n, np.int64)
-    copies[order[rank < need[sorted_groups]]] = 1
-    return copies
-
-
-def _weight_suffix(weight: float) -> bytes:
-    proto = tf_example_pb2.Example()
-    proto.features.feature["image/weight"].float_list.value.append(float(weight))
-    return proto.SerializeToString(deterministic=True)
-
-
-# ----------------------------------------------------------------------------------------------
 # The writer
 
 
@@ -309,10 +221,10 @@ def _phase_scan(job: _Job, owned: list[int]) -> None:
         scan = job.scan(s)
         attributed = job.attributed(scan)
         if job.label_plan is not None:
-            labels, counts = np.unique(attributed[attributed >= 0], return_counts=True)
+            labels, counts = allocation.shard_summary(attributed)
             _save_npz(job.summary_path(s), labels=labels, counts=counts)
         else:
-            copies = np.array([int(job.example_plan.get(i, 0)) for i in scan.ids()], np.int64)
+            copies = allocation.example_copies(scan.ids(), job.example_plan)
             _save_npz(job.summary_path(s), total=np.array(copies.sum()))
 
 
@@ -324,21 +236,11 @@ def _allocation(job: _Job, num_shards: int) -> tuple[np.ndarray | None, np.ndarr
             with np.load(job.summary_path(s)) as z:
                 totals[s] = int(z["total"])
         return None, totals, None
-    shard, label, count = [], [], []
+    summaries = []
     for s in range(num_shards):
         with np.load(job.summary_path(s)) as z:
-            shard.append(np.full(len(z["labels"]), s, np.int64))
-            label.append(z["labels"])
-            count.append(z["counts"])
-    shard, label, count = (np.concatenate(a) if a else np.zeros(0, np.int64) for a in (shard, label, count))
-    attributed = np.bincount(label, weights=count, minlength=len(job.label_plan.count))
-    label_plan = job.label_plan
-    if not np.array_equal(attributed, label_plan.count):
-        label_plan = plan_lib.replan(label_plan, attributed)
-    draws = label_plan.draws(job.seed)
-    entry_draws = allocate(shard, label, count, draws, seed=job.seed, with_replacement=label_plan.with_replacement)
-    totals = np.bincount(shard, weights=entry_draws, minlength=num_shards).astype(np.int64)
-    return np.stack([shard, label, entry_draws]), totals, label_plan
+            summaries.append((z["labels"], z["counts"]))
+    return allocation.plan_allocation(job.label_plan, summaries, job.seed)
 
 
 def _phase_spill(job: _Job, s: int, coo, base: int, total: int, with_replacement: bool) -> None:
@@ -348,36 +250,25 @@ def _phase_spill(job: _Job, s: int, coo, base: int, total: int, with_replacement
     scan = job.scan(s)
     attributed = job.attributed(scan)
     if job.label_plan is not None:
-        lo, hi = np.searchsorted(coo[0], [s, s + 1])  # entries are in shard order
-        mine = coo[:, lo:hi]
-        label_draws = np.zeros(len(job.label_weights), np.int64)
-        label_draws[mine[1]] = mine[2]
-        rng = np.random.default_rng([int(job.seed), 0x5E1EC7ED, s])
-        copies = choose_copies(attributed, label_draws, rng=rng, with_replacement=with_replacement)
+        copies = allocation.shard_copies(
+            coo, s, attributed, len(job.label_weights), seed=job.seed, with_replacement=with_replacement
+        )
     else:
-        copies = np.array([int(job.example_plan.get(i, 0)) for i in scan.ids()], np.int64)
+        copies = allocation.example_copies(scan.ids(), job.example_plan)
     if int(copies.sum()) != total:
         raise AssertionError(f"shard {s}: {copies.sum()} copies, allocation says {total}")
     weight = weights_lib.example_weights(scan.offsets, scan.labels, job.label_weights, job.rule)
-    record_of_copy = np.repeat(np.arange(len(copies)), copies)
-    positions = permute(base + np.arange(total), job.total, job.seed)
-    order = np.argsort(positions)
-    record_of_copy, positions = record_of_copy[order], positions[order]
+    record_of_copy, positions = allocation.copy_positions(copies, base, job.total, job.seed)
     source_records = read_shard(job.source.files[s])
-    chosen = {i: source_records[i] + _weight_suffix(weight[i]) for i in np.flatnonzero(copies).tolist()}
+    chosen = {i: source_records[i] + allocation.weight_suffix(weight[i]) for i in np.flatnonzero(copies).tolist()}
     del source_records
     pieces = [chosen[i] for i in record_of_copy]
     byte_offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces], dtype=np.int64)])
     atomic.write_bytes(blob_path, b"".join(pieces))
     _save_npy(positions_path, positions)
     _save_npy(offsets_path, byte_offsets)
-    has = attributed >= 0
-    owner = np.repeat(np.arange(len(copies)), np.diff(scan.offsets))
     _save_npz(
-        stats_path,
-        draws=np.bincount(attributed[has], weights=copies[has], minlength=len(job.label_weights)).astype(np.int64),
-        unique=np.bincount(attributed[has], weights=copies[has] > 0, minlength=len(job.label_weights)).astype(np.int64),
-        label_copies=np.bincount(scan.labels, weights=copies[owner], minlength=len(job.label_weights)).astype(np.int64),
+        stats_path, **allocation.shard_stats(attributed, scan.offsets, scan.labels, copies, len(job.label_weights))
     )
 
 
@@ -396,7 +287,7 @@ def _phase_assemble(job: _Job, k: int, bounds: np.ndarray, num_sources: int, pat
             handle.seek(int(offsets[0]))
             chunk = handle.read(int(offsets[-1] - offsets[0]))
         rel = offsets - offsets[0]
-        pieces.extend(chunk[a:b] for a, b in zip(rel[:-1], rel[1:]))
+        pieces.extend(chunk[a:b] for a, b in zip(rel[:-1], rel[1:], strict=True))
     order = np.argsort(np.concatenate(positions)) if positions else np.zeros(0, np.int64)
     if len(order) != end - start:
         raise AssertionError(f"output shard {k}: gathered {len(order)} records, expected {end - start}")
@@ -491,10 +382,8 @@ def write_selected(
         _phase_spill(job, s, coo, int(bases[s]), int(totals[s]), with_replacement)
     _wait_for([job.spill_paths(s)[3] for s in range(num_sources)], wait_timeout_s)
 
-    num_out = -(-job.total // records_per_shard)
-    sizes = np.full(num_out, job.total // max(num_out, 1), np.int64)
-    sizes[: job.total - int(sizes.sum())] += 1
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    sizes, bounds = allocation.output_bounds(job.total, records_per_shard)
+    num_out = len(sizes)
     paths = [os.path.join(out_dir, SHARD_NAME.format(k, num_out)) for k in range(num_out)]
     for k in range(num_out * process_index // process_count, num_out * (process_index + 1) // process_count):
         if not os.path.exists(paths[k]):

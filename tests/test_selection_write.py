@@ -11,9 +11,9 @@ import pytest
 from scipy import stats as scipy_stats
 
 from data import manifest, records
+from selection import allocation, write
 from selection import plan as plan_lib
 from selection import weights as weights_lib
-from selection import write
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = [f"L{i}" for i in range(12)]
@@ -70,9 +70,9 @@ def source_dir(tmp_path_factory):
 
 def test_permute_is_a_bijection():
     for n in (1, 2, 7, 1000, 4097):
-        out = write.permute(np.arange(n), n, seed=3)
+        out = allocation.permute(np.arange(n), n, seed=3)
         assert sorted(out.tolist()) == list(range(n))
-    assert not np.array_equal(write.permute(np.arange(100), 100, 1), write.permute(np.arange(100), 100, 2))
+    assert not np.array_equal(allocation.permute(np.arange(100), 100, 1), allocation.permute(np.arange(100), 100, 2))
 
 
 def test_choose_copies_exact_counts():
@@ -80,10 +80,10 @@ def test_choose_copies_exact_counts():
     attributed = rng.integers(-1, 5, size=200)
     available = np.bincount(attributed[attributed >= 0], minlength=5)
     need = np.minimum(available, [3, 0, 7, 100, 1])
-    copies = write.choose_copies(attributed, need, rng=rng, with_replacement=False)
+    copies = allocation.choose_copies(attributed, need, rng=rng, with_replacement=False)
     assert copies.max() <= 1 and np.all(copies[attributed < 0] == 0)
     assert np.array_equal(np.bincount(attributed[attributed >= 0], weights=copies[attributed >= 0], minlength=5), need)
-    heavy = write.choose_copies(attributed, need * 5, rng=rng, with_replacement=True)
+    heavy = allocation.choose_copies(attributed, need * 5, rng=rng, with_replacement=True)
     assert np.array_equal(
         np.bincount(attributed[attributed >= 0], weights=heavy[attributed >= 0], minlength=5), need * 5
     )
@@ -91,7 +91,9 @@ def test_choose_copies_exact_counts():
 
 def test_with_replacement_draws_are_uniform_within_a_label():
     attributed = np.zeros(20, np.int64)
-    copies = write.choose_copies(attributed, np.array([20_000]), rng=np.random.default_rng(0), with_replacement=True)
+    copies = allocation.choose_copies(
+        attributed, np.array([20_000]), rng=np.random.default_rng(0), with_replacement=True
+    )
     assert copies.sum() == 20_000
     assert scipy_stats.chisquare(copies).pvalue > 1e-3
     skewed = copies + np.arange(20) * 20  # control: a 20-per-rank tilt is detected
@@ -106,13 +108,13 @@ def test_allocate_is_exact_and_respects_counts():
     count[label == 3] = np.maximum(count[label == 3], 1)
     available = np.bincount(label, weights=count, minlength=4).astype(np.int64)
     draws = np.array([available[0], available[1] // 2, 0, 3 * available[3]])
-    fixed = write.allocate(shard, label, count, np.minimum(draws, available), seed=0, with_replacement=False)
+    fixed = allocation.allocate(shard, label, count, np.minimum(draws, available), seed=0, with_replacement=False)
     assert np.all(fixed <= count)
     assert np.array_equal(np.bincount(label, weights=fixed, minlength=4), np.minimum(draws, available))
-    free = write.allocate(shard, label, count, draws, seed=0, with_replacement=True)
+    free = allocation.allocate(shard, label, count, draws, seed=0, with_replacement=True)
     assert np.array_equal(np.bincount(label, weights=free, minlength=4), draws)
     assert np.all(free[count == 0] == 0)
-    assert np.array_equal(free, write.allocate(shard, label, count, draws, seed=0, with_replacement=True))
+    assert np.array_equal(free, allocation.allocate(shard, label, count, draws, seed=0, with_replacement=True))
 
 
 def test_elastic_write_exact_size_no_repeats_and_weights(source_dir, tmp_path):
@@ -195,7 +197,7 @@ def test_array_plan_keeps_rates(source_dir, tmp_path):
 
 def test_appended_weight_overrides_source_weight():
     record = records.encode_example(records.Example(b"img", (1, 2), b"id", weight=0.25))
-    decoded = records.decode_example(record + write._weight_suffix(3.5))
+    decoded = records.decode_example(record + allocation.weight_suffix(3.5))
     assert decoded == records.Example(b"img", (1, 2), b"id", weight=3.5)
 
 
