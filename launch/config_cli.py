@@ -10,7 +10,7 @@ import importlib.util
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import ml_collections
 from absl import flags
@@ -72,18 +72,6 @@ def parse_command_line(argv: Sequence[str], name: str = "config") -> list[str]:
         return flags.FLAGS(list(argv))
     except flags.Error as err:
         raise ConfigError(f"bad command line: {err}") from err
-
-
-def validate(config: ml_collections.ConfigDict, rules: dict[str, Callable[[object], bool] | tuple]) -> None:
-    """Checks `rules` (dotted key -> allowed tuple or predicate) and raises ConfigError on the first miss."""
-    for key, rule in rules.items():
-        value = config
-        for part in key.split("."):
-            value = value[part]
-        ok = value in rule if isinstance(rule, tuple) else rule(value)
-        if not ok:
-            allowed = f"one of {rule}" if isinstance(rule, tuple) else "a valid value"
-            raise ConfigError(f"config key '{key}' = {value!r} is not {allowed}")
 
 
 def _as_json(config: ml_collections.ConfigDict) -> dict:

@@ -16,7 +16,8 @@ import sys
 
 from absl import flags, logging
 
-from launch import config_cli, stages
+from data import paths
+from launch import config_cli, stages, validate
 
 _CONFIG = config_cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: every stage's outputs go here.")
@@ -38,11 +39,10 @@ _STAGES = flags.DEFINE_list(
 def main(argv: list[str]) -> int:
     try:
         config_cli.parse_command_line(argv)
-        if not _WORKDIR.value:
-            raise config_cli.ConfigError("--workdir is required")
+        validate.check_workdir(_WORKDIR.value)
         selected = stages.select_stages(_STAGES.value)
         config = _CONFIG.value
-        stages.validate_config(config)
+        validate.check_config(config)
         config_cli.check_workdir_config(config, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
     except config_cli.ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -52,10 +52,13 @@ def main(argv: list[str]) -> int:
 
     if _MULTIHOST.value:
         jax.distributed.initialize()
+    try:
+        validate.check_devices(config, jax.process_count(), jax.local_device_count())
+    except config_cli.ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     # Every training and evaluation run of a job compiles the same few programs: cache them on disk.
-    cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
-        os.path.abspath(_WORKDIR.value), ".jax_cache"
-    )
+    cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(paths.resolve(_WORKDIR.value), ".jax_cache")
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     stages.run_pipeline(config, _WORKDIR.value, selected)

@@ -16,8 +16,6 @@ from data import atomic, manifest
 from launch import config_cli, report
 from launch.workdir import ENTIRE_SOURCE, RANDOM_INIT, STAGE_NAMES, Workspace, pretraining_choices
 
-MATCHERS = ("same", "elastic", "uniform", "reverse", "entire")
-
 
 def select_stages(names: Sequence[str]) -> tuple[str, ...]:
     """Validates `--stages`; returns them in pipeline order (all when empty)."""
@@ -25,25 +23,6 @@ def select_stages(names: Sequence[str]) -> tuple[str, ...]:
     if unknown:
         raise config_cli.ConfigError(f"unknown stage(s) {unknown}; known stages: {list(STAGE_NAMES)}")
     return tuple(n for n in STAGE_NAMES if not names or n in names)
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Semantic checks that a type check cannot do; run before any compute."""
-    from models import registry
-
-    config_cli.validate(
-        config,
-        {
-            "model.name": tuple(registry.model_names()),
-            "pretrain.parallelism": ("pmap", "jit"),
-            "finetune.parallelism": ("pmap", "jit"),
-            "selection.methods": lambda methods: bool(methods) and all(m in MATCHERS for m in methods),
-            "selection.size": lambda size: size > 0,
-            "finetune.seeds": lambda seeds: len(seeds) > 0,
-            "weights.temperature": lambda t: t > 0,
-            "data.kind": ("embedded",),
-        },
-    )
 
 
 def _model_config(config: ml_collections.ConfigDict, num_classes: int) -> ml_collections.ConfigDict:

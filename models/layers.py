@@ -19,12 +19,14 @@ BN_EPSILON = 1e-3
 Dtype = Any
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def resolve_dtype(name: str) -> Dtype:
     """Maps a config string ("float32" | "bfloat16") to a JAX dtype."""
-    table = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-    if name not in table:
-        raise ValueError(f"dtype must be one of {sorted(table)}, got {name!r}")
-    return table[name]
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
 
 
 def scaled_filters(filters: int, multiplier: float, min_filters: int = 8) -> int:

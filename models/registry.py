@@ -67,6 +67,11 @@ _BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
 }
 
 
+def min_image_size(name: str) -> int:
+    """Smallest input resolution the model takes (Inception-v3's VALID convolutions need 75 px)."""
+    return inception_v3.MIN_IMAGE_SIZE if name == "inception_v3" else 1
+
+
 def model_names() -> list[str]:
     """Names a model config may use."""
     return sorted(_BUILDERS)

@@ -23,6 +23,9 @@ def soft_targets(labels: jax.Array, label_smoothing: float) -> jax.Array:
     return (1.0 - label_smoothing) * targets + label_smoothing / num_classes
 
 
+MULTI_LABEL_LOSSES = ("softmax", "sigmoid")
+
+
 def per_example_loss(logits: jax.Array, labels: jax.Array, *, kind: str, label_smoothing: float) -> jax.Array:
     """Loss per example [B] in float32 for `kind` 'softmax' or 'sigmoid'."""
     logits = logits.astype(jnp.float32)
@@ -31,7 +34,7 @@ def per_example_loss(logits: jax.Array, labels: jax.Array, *, kind: str, label_s
     if kind == "sigmoid":
         targets = labels.astype(jnp.float32) * (1.0 - label_smoothing) + 0.5 * label_smoothing
         return jnp.sum(optax.sigmoid_binary_cross_entropy(logits, targets), axis=-1)
-    raise ValueError(f"multi_label_loss must be 'softmax' or 'sigmoid', got {kind!r}")
+    raise ValueError(f"multi_label_loss must be one of {MULTI_LABEL_LOSSES}, got {kind!r}")
 
 
 def weighted_mean(values: jax.Array, weights: jax.Array | None) -> jax.Array:

@@ -60,12 +60,16 @@ def trainable_labels(params: Any, freeze_backbone: bool) -> Any:
     return {k: jax.tree.map(lambda _: "train" if k == "head" else "frozen", v) for k, v in params.items()}
 
 
+OPTIMIZERS = ("sgd", "rmsprop", "adam")
+WEIGHT_DECAY_MODES = ("l2", "decoupled")
+
+
 def build_optimizer(config: ml_collections.ConfigDict, schedule: Callable) -> optax.GradientTransformation:
     """The optimiser named by `config.optimizer` with the configured weight decay, over all params
     (or over params['head'] only when `config.freeze_backbone`)."""
     wd = float(config.weight_decay)
-    if config.weight_decay_mode not in ("l2", "decoupled"):
-        raise ValueError(f"weight_decay_mode must be 'l2' or 'decoupled', got {config.weight_decay_mode!r}")
+    if config.weight_decay_mode not in WEIGHT_DECAY_MODES:
+        raise ValueError(f"weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got {config.weight_decay_mode!r}")
     l2 = [optax.add_decayed_weights(wd, decay_mask)] if wd and config.weight_decay_mode == "l2" else []
     decoupled = wd and config.weight_decay_mode == "decoupled"
     if config.optimizer == "sgd":
@@ -92,7 +96,7 @@ def build_optimizer(config: ml_collections.ConfigDict, schedule: Callable) -> op
             optax.scale_by_learning_rate(schedule),
         ]
     else:
-        raise ValueError(f"optimizer must be 'sgd', 'rmsprop' or 'adam', got {config.optimizer!r}")
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
     tx = optax.chain(*parts)
     if config.freeze_backbone:
         tx = optax.multi_transform(

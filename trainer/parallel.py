@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 from trainer.state import TrainState
 
 DATA_AXIS = "data"
+PARALLELISMS = ("pmap", "jit")
 PMAP_AXIS = "batch"  # the pmap axis the step averages over; models sync BatchNorm over it
 
 
@@ -168,4 +169,4 @@ def make_runner(
         return PmapRunner(step_factory(PMAP_AXIS))
     if parallelism == "jit":
         return JitRunner(step_factory(None), abstract_state, fsdp=fsdp, fsdp_min_size=fsdp_min_size)
-    raise ValueError(f"parallelism must be 'pmap' or 'jit', got {parallelism!r}")
+    raise ValueError(f"parallelism must be one of {PARALLELISMS}, got {parallelism!r}")

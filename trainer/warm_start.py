@@ -18,11 +18,14 @@ def _shapes(tree: Any) -> Any:
     return jax.tree.map(np.shape, tree)
 
 
+REINIT_HEAD_CHOICES = ("auto", "always", "never")
+
+
 def merge_pretrained(fresh: dict, loaded: dict, reinit_head: str) -> tuple[dict, list[str]]:
     """Backbone from `loaded`, heads fresh when `reinit_head` is "always" or ("auto" and their shapes
     differ). Returns (variables, names of re-initialised heads). Backbone shapes must match."""
-    if reinit_head not in ("auto", "always", "never"):
-        raise ValueError(f"reinit_head must be 'auto', 'always' or 'never', got {reinit_head!r}")
+    if reinit_head not in REINIT_HEAD_CHOICES:
+        raise ValueError(f"reinit_head must be one of {REINIT_HEAD_CHOICES}, got {reinit_head!r}")
     fresh_params, loaded_params = fresh["params"], loaded["params"]
     reinit = []
     for name in HEADS:

@@ -1,0 +1,60 @@
+"""The one path layer: every file the project reads or writes goes through `etils.epath`.
+
+So a `gs://bucket/run` work dir works on TPU VMs (every worker sees the same bucket) and local disk
+runs the same code. A URL is never passed through `os.path.abspath`, which would turn
+`gs://bucket/run` into a local folder `./gs:/bucket/run` on each worker.
+"""
+
+from __future__ import annotations
+
+import os
+
+from etils import epath
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    """`scheme://...` (gs://, s3://, ...), as opposed to a local path."""
+    return "://" in os.fspath(path)
+
+
+def resolve(path: str | os.PathLike) -> str:
+    """Absolute local paths (so a chdir cannot move them); URLs unchanged."""
+    text = os.fspath(path)
+    return text if is_url(text) else os.path.abspath(os.path.expanduser(text))
+
+
+def bucket_of(url: str) -> str:
+    """`gs://bucket/a/b` -> `gs://bucket`."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def unusable_dir(path: str) -> str | None:
+    """Why `path` cannot be this job's output directory (created if needed), or None when it can."""
+    if is_url(path):
+        bucket = bucket_of(path)
+        try:
+            if not epath.Path(bucket).exists():
+                return f"bucket {bucket} does not exist (or this account cannot see it)"
+            target = epath.Path(path)
+            if target.exists() and not target.is_dir():
+                return "is an existing file; it must be a directory (new or existing)"
+        except Exception as err:  # a missing filesystem driver or credentials: say which
+            return f"cannot reach {bucket} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        return None
+    local = resolve(path)
+    if os.path.exists(local) and not os.path.isdir(local):
+        return "is an existing file; it must be a directory (new or existing)"
+    ancestor = local
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        return f"{ancestor} is a file, so the directory cannot be created"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"{ancestor} is not writable by this user"
+    return None
+
+
+def missing(path: str) -> bool:
+    """True when nothing exists at `path` (local or URL)."""
+    return not epath.Path(resolve(path)).exists()

@@ -1,0 +1,132 @@
+"""Where each side of a job (the source corpus, the target task) comes from: its config and checks.
+
+`data.kind = "embedded"` renders both sides offline (data/embedded.py). `data.kind = "external"`
+reads each side from where users keep it, independently, as `data.source` and `data.target` say:
+
+  kind    "tfds"     a TFDS dataset by `name` (prepared in `data_dir`; splits are TFDS split strings,
+                     e.g. "train[:90%]"); nothing is ever downloaded
+          "folder"   an image folder, one sub-folder per class, at `path`/<split>
+          "csv"      a CSV of image paths and one or more labels (multi-label: "a;b") at `path`/<split>
+          "shards"   a shard set this project already prepared (a directory with manifest.json) at
+                     `path`/<split>
+          "embedded" that side rendered from `data.embedded`
+  train_split, test_split   TFDS split strings, or sub-paths under `path` ("" = `path` itself); the
+                     source reads `train_split` only
+  hierarchy          JSON file parent -> children, or `wordnet_is_a`: "parent child" wnid pairs
+                     (ImageNet's wordnet.is_a.txt; the label names must be wnids)
+  validation_fraction  target: this fraction of each class of the training split is carved off
+                     (seeded by `validation_seed`, the same for the same ids) as the validation split
+
+The prepare stage converts each side once into the record format (`data.prepare`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from data import paths
+
+DATA_KINDS = ("embedded", "external")
+SIDE_KINDS = ("tfds", "folder", "csv", "shards", "embedded")
+SIDES = ("source", "target")
+
+
+def side_config(kind: str = "tfds", **fields) -> ml_collections.ConfigDict:
+    """One side's fields with their defaults; `fields` overrides them (e.g. name="oxford_iiit_pet")."""
+    c = ml_collections.ConfigDict()
+    c.kind = kind
+    c.name = ""  # tfds: dataset name
+    c.data_dir = ""  # tfds: where it is prepared ("" = TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets)
+    c.path = ""  # folder / csv / shards: root of the data (local or gs://)
+    c.train_split = "train"
+    c.test_split = "test"
+    c.image_key = "image"  # tfds feature names
+    c.label_key = "label"
+    c.label_separator = ";"  # csv: between the label names of one image
+    c.hierarchy = ""  # JSON file: parent -> list of children
+    c.wordnet_is_a = ""  # "parent child" WordNet id pairs
+    c.num_shards = 0  # 0: one shard per 1024 records
+    c.validation_fraction = 0.0
+    c.validation_seed = 0
+    for key, value in fields.items():
+        c[key] = value
+    return c
+
+
+def split_location(side: ml_collections.ConfigDict, split: str) -> str:
+    """Folder / CSV file / shard-set directory of one split of a non-TFDS side."""
+    return paths.resolve(os.path.join(side.path, split) if split else side.path)
+
+
+def side_splits(side_name: str, side: ml_collections.ConfigDict) -> dict[str, str]:
+    """Output split name -> the side's split spec: the source has one split, the target two."""
+    if side_name == "source":
+        return {"train": side.train_split}
+    return {"train": side.train_split, "test": side.test_split}
+
+
+def tfds_data_dir(side: ml_collections.ConfigDict) -> str:
+    default = os.environ.get("TFDS_DATA_DIR") or os.path.join("~", "tensorflow_datasets")
+    return paths.resolve(side.data_dir or default)
+
+
+class DataConfigError(ValueError):
+    """One line naming the data key and what it accepts (launch shows it as a config error)."""
+
+
+def _error(key: str, value, accepts: str) -> DataConfigError:
+    return DataConfigError(f"config key '{key}' = {value!r}: must be {accepts}")
+
+
+def _check_side(side_name: str, side: ml_collections.ConfigDict) -> None:
+    key = f"data.{side_name}"
+    if side.kind not in SIDE_KINDS:
+        raise _error(f"{key}.kind", side.kind, "one of " + ", ".join(repr(k) for k in SIDE_KINDS))
+    if not isinstance(side.num_shards, int) or side.num_shards < 0:
+        raise _error(f"{key}.num_shards", side.num_shards, "an integer >= 0 (0 = one shard per 1024 records)")
+    if not 0 <= side.validation_fraction < 1:
+        raise _error(f"{key}.validation_fraction", side.validation_fraction, "a number in [0, 1)")
+    if side.validation_fraction and side_name == "source":
+        raise _error(
+            f"{key}.validation_fraction", side.validation_fraction, "0 (only the target has a validation split)"
+        )
+    for file_key in ("hierarchy", "wordnet_is_a"):
+        if side[file_key] and paths.missing(side[file_key]):
+            raise _error(f"{key}.{file_key}", side[file_key], "an existing file ('' for none); nothing is there")
+    if side.kind == "embedded":
+        return
+    if side.kind == "tfds":
+        if not side.name:
+            raise _error(f"{key}.name", side.name, "a TFDS dataset name when kind is 'tfds'")
+        data_dir = tfds_data_dir(side)
+        if paths.missing(os.path.join(data_dir, side.name.split("/")[0])):
+            raise _error(
+                f"{key}.name",
+                side.name,
+                f"a dataset prepared under {data_dir} (data.{side_name}.data_dir); it is not there "
+                f"(prepare it with: tfds build {side.name} --data_dir={data_dir} --file_format=array_record)",
+            )
+        return
+    if not side.path:
+        raise _error(f"{key}.path", side.path, f"the location of the data when kind is {side.kind!r}")
+    for split_key, split in (("train_split", side.train_split), ("test_split", side.test_split)):
+        if side_name == "source" and split_key == "test_split":
+            continue
+        location = split_location(side, split)
+        if paths.missing(location):
+            what = {"folder": "an image folder", "csv": "a CSV file", "shards": "a shard set"}[side.kind]
+            raise _error(f"{key}.{split_key}", split, f"{what} under data.{side_name}.path; {location} does not exist")
+
+
+def check_data_config(data: ml_collections.ConfigDict) -> None:
+    """Kinds, numbers and that every input path exists; raises DataConfigError."""
+    if data.kind not in DATA_KINDS:
+        raise _error("data.kind", data.kind, "one of " + ", ".join(repr(k) for k in DATA_KINDS))
+    if data.kind == "embedded":
+        return
+    for side_name in SIDES:
+        if side_name not in data:
+            raise _error(f"data.{side_name}", None, "set when data.kind is 'external' (data.sides.side_config())")
+        _check_side(side_name, data[side_name])

@@ -1,0 +1,243 @@
+"""Semantic checks of a job's config and work dir, run before any compute or write.
+
+A bad value found late costs a prepare stage or a pre-training run, or worse, runs to completion
+at chance (a negative learning rate trains fine). So every field a stage reads is checked here
+first, and the first bad one stops the job with one line naming the key and what it accepts:
+
+    config key 'pretrain.global_batch_size' = 0: must be an integer > 0
+
+`check_config` and `check_workdir` need no JAX; `check_devices` needs the process and device
+counts, so `launch.main` calls it after `jax.distributed.initialize()` and before the first stage.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+
+from launch.config_cli import ConfigError
+
+# The selection methods stage_select can run (selection.plan.make_plan's matchers that need no
+# extra inputs); the one list launch reads.
+SELECTION_METHODS = ("same", "elastic", "uniform", "reverse", "entire")
+TRAINER_SECTIONS = ("pretrain", "finetune")
+_MISSING = object()
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _fail(key: str, value: Any, accepts: str) -> ConfigError:
+    return ConfigError(f"config key '{key}' = {value!r}: must be {accepts}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# Rule builders: each returns (predicate, what the key accepts).
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def int_at_least(low: int) -> Rule:
+    return (lambda v: _is_int(v) and v >= low), f"an integer >= {low}" if low != 1 else "an integer > 0"
+
+
+def number_above(low: float) -> Rule:
+    return (lambda v: _is_number(v) and v > low), f"a number > {low:g}"
+
+
+def number_at_least(low: float) -> Rule:
+    return (lambda v: _is_number(v) and v >= low), f"a number >= {low:g}"
+
+
+def fraction(*, open_low: bool = False, closed_high: bool = False) -> Rule:
+    lo, hi = "(" if open_low else "[", "]" if closed_high else ")"
+
+    def ok(v: Any) -> bool:
+        return _is_number(v) and (v > 0 if open_low else v >= 0) and (v <= 1 if closed_high else v < 1)
+
+    return ok, f"a number in {lo}0, 1{hi}"
+
+
+def one_of(choices: Sequence[str]) -> Rule:
+    return (lambda v: v in choices), "one of " + ", ".join(repr(c) for c in choices)
+
+
+def is_bool() -> Rule:
+    return (lambda v: isinstance(v, bool)), "True or False"
+
+
+def _section_rules(section: str, min_size: int) -> dict[str, Rule]:
+    from models.layers import DTYPES
+    from trainer import losses, optim, parallel, warm_start
+
+    rules: dict[str, Rule] = {
+        "parallelism": one_of(parallel.PARALLELISMS),
+        "fsdp": is_bool(),
+        "global_batch_size": int_at_least(1),
+        "steps": int_at_least(0),
+        "epochs": number_at_least(0),
+        "warmup_steps": int_at_least(0),
+        "warmup_epochs": number_at_least(0),
+        "optimizer": one_of(optim.OPTIMIZERS),
+        "learning_rate": number_above(0),
+        "end_learning_rate": number_at_least(0),
+        "momentum": fraction(),
+        "rmsprop_decay": fraction(),
+        "rmsprop_epsilon": number_above(0),
+        "weight_decay": number_at_least(0),
+        "weight_decay_mode": one_of(optim.WEIGHT_DECAY_MODES),
+        "label_smoothing": fraction(),
+        "aux_loss_weight": number_at_least(0),
+        "multi_label_loss": one_of(losses.MULTI_LABEL_LOSSES),
+        "ema_decay": fraction(),
+        "image_size": int_at_least(min_size),
+        "min_crop_area": fraction(open_low=True, closed_high=True),
+        "compute_dtype": one_of(tuple(DTYPES)),
+        "bn_momentum": (
+            lambda v: v in ("model", "auto") or (_is_number(v) and 0 <= v < 1),
+            "'model', 'auto' or a number in [0, 1)",
+        ),
+        "reinit_head": one_of(warm_start.REINIT_HEAD_CHOICES),
+        "checkpoint_every_steps": int_at_least(1),
+        "keep_checkpoints": int_at_least(1),
+        "log_every_steps": int_at_least(1),
+        "eval_batch_size": int_at_least(1),
+        "worker_count": int_at_least(0),
+        "seed": int_at_least(0),
+    }
+    return {f"{section}.{k}": v for k, v in rules.items()}
+
+
+def _check(config: ml_collections.ConfigDict, rules: dict[str, Rule], required: bool = True) -> None:
+    for key, (ok, accepts) in rules.items():
+        value = _get(config, key)
+        if value is _MISSING:
+            if required:
+                raise ConfigError(f"config key '{key}' is missing: the config must set it ({accepts})")
+            continue
+        if not ok(value):
+            raise _fail(key, value, accepts)
+
+
+def _check_trainer(config: ml_collections.ConfigDict, section: str, min_size: int) -> None:
+    _check(config, _section_rules(section, min_size))
+    c = config[section]
+    if c.steps == 0 and c.epochs == 0:
+        raise ConfigError(f"config keys '{section}.steps' and '{section}.epochs' are both 0: set one to a value > 0")
+    if c.steps and c.warmup_steps >= c.steps:
+        raise _fail(f"{section}.warmup_steps", c.warmup_steps, f"smaller than {section}.steps = {c.steps}")
+    if c.fsdp and c.parallelism != "jit":
+        raise _fail(
+            f"{section}.fsdp", c.fsdp, f"False when {section}.parallelism is {c.parallelism!r} (fsdp needs 'jit')"
+        )
+    if c.end_learning_rate > c.learning_rate:
+        raise _fail(f"{section}.end_learning_rate", c.end_learning_rate, f"<= {section}.learning_rate")
+
+
+def _check_seeds(key: str, seeds: Any) -> None:
+    if not isinstance(seeds, (tuple, list)) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
+        raise _fail(key, seeds, "a non-empty tuple of integers >= 0, e.g. (0, 1, 2)")
+    if len(set(seeds)) != len(seeds):
+        raise _fail(key, seeds, "a tuple of distinct seeds")
+
+
+def _check_methods(methods: Any) -> None:
+    key = "selection.methods"
+    accepts = "a non-empty tuple of distinct names from " + ", ".join(repr(m) for m in SELECTION_METHODS)
+    if not isinstance(methods, (tuple, list)) or not methods:
+        raise _fail(key, methods, accepts)
+    unknown = [m for m in methods if m not in SELECTION_METHODS]
+    if unknown:
+        raise ConfigError(
+            f"config key '{key}' = {tuple(methods)!r}: unknown method {unknown[0]!r}; known: "
+            + ", ".join(repr(m) for m in SELECTION_METHODS)
+        )
+    if len(set(methods)) != len(methods):
+        raise _fail(key, tuple(methods), accepts)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Every semantic check that needs neither JAX devices nor the work dir; raises ConfigError."""
+    from data import sides
+    from models import registry
+    from models.layers import DTYPES
+    from selection import weights
+
+    _check(config, {"seed": int_at_least(0), "model.name": one_of(tuple(registry.model_names()))})
+    min_size = registry.min_image_size(config.model.name)
+    name = config.model.name
+    _check(
+        config,
+        {
+            "model.image_size": (
+                (lambda v: _is_int(v) and v >= min_size),
+                f"an integer >= {min_size} ({name}'s smallest input)" if min_size > 1 else "an integer > 0",
+            ),
+            "model.width_multiplier": number_above(0),
+            "model.dropout_rate": fraction(),
+            "model.dtype": one_of(tuple(DTYPES)),
+        },
+    )
+    for section in TRAINER_SECTIONS:
+        _check_trainer(config, section, min_size)
+    _check_seeds("finetune.seeds", config.finetune.seeds)
+    _check(config, {"weights.temperature": number_above(0), "weights.batch_size": int_at_least(1)})
+    _check_methods(config.selection.methods)
+    _check(
+        config,
+        {
+            "selection.size": number_above(0),
+            "selection.top_k": int_at_least(0),
+            "selection.records_per_shard": int_at_least(1),
+            "selection.example_weight_rule": one_of(weights.EXAMPLE_WEIGHT_RULES),
+        },
+    )
+    _check(config, {"report.top_labels": int_at_least(1), "report.plot_top_labels": int_at_least(1)}, required=False)
+    try:
+        sides.check_data_config(config.data)
+    except sides.DataConfigError as err:
+        raise ConfigError(str(err)) from None
+
+
+def check_workdir(workdir: str | None) -> None:
+    """The work dir must be a directory this job can create or write; a bucket must exist."""
+    if not workdir:
+        raise ConfigError("--workdir is required: a local directory or a gs:// path, new or existing")
+    from data import paths
+
+    problem = paths.unusable_dir(workdir)
+    if problem:
+        raise ConfigError(f"--workdir {workdir}: {problem}")
+
+
+def batch_sizes(config: ml_collections.ConfigDict) -> dict[str, int]:
+    """Every global batch size a stage splits over processes and devices."""
+    keys = [f"{s}.{k}" for s in TRAINER_SECTIONS for k in ("global_batch_size", "eval_batch_size")]
+    return {key: _get(config, key) for key in [*keys, "weights.batch_size"]}
+
+
+def check_devices(config: ml_collections.ConfigDict, process_count: int, local_device_count: int) -> None:
+    """Each batch is split evenly over processes, then over each process's devices."""
+    for key, size in batch_sizes(config).items():
+        if size % process_count or (size // process_count) % local_device_count:
+            unit = process_count * local_device_count
+            raise _fail(
+                key,
+                size,
+                f"a multiple of {unit} ({process_count} process(es) x {local_device_count} local device(s))",
+            )
