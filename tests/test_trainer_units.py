@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -303,3 +304,60 @@ def test_runs_share_programs_across_seeds_and_results_do_not_depend_on_sharing(t
     _run(tmp_path / "c", c, SmallCNN())  # seed 1 on seed 2's programs: the seed is an argument, not a constant
     other_seed = checkpoint.load_variables(str(tmp_path / "c"), use_ema=False)
     assert not np.array_equal(other_seed["params"]["head"]["kernel"], a["params"]["head"]["kernel"])
+
+
+class _SlowIterator(MemoryIterator):
+    """A MemoryIterator whose every batch takes `delay_s` to arrive (a starved input pipeline)."""
+
+    def __init__(self, *args, delay_s: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.delay_s = delay_s
+
+    def __next__(self):
+        time.sleep(self.delay_s)
+        return super().__next__()
+
+
+def _tensorboard_scalars(logdir) -> dict[str, list[float]]:
+    from tensorboardX.proto import event_pb2
+
+    from data import records
+
+    scalars: dict[str, list[float]] = {}
+    for name in os.listdir(logdir):
+        for raw in records.iter_records(os.path.join(logdir, name)):
+            event = event_pb2.Event.FromString(raw)
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append(value.simple_value)
+    return scalars
+
+
+def test_input_wait_is_measured_logged_and_written_to_tensorboard(tmp_path, capsys):
+    c = tiny_config(config_lib.finetune_config(), warmup_steps=1, checkpoint_every_steps=100)
+    images, labels = random_data(64)
+    slow = fit(
+        c,
+        model=SmallCNN(),
+        make_iterator=lambda: _SlowIterator(images, labels, 16, 4, delay_s=0.1),
+        total_steps=10,
+        warmup_steps=1,
+        workdir=str(tmp_path / "slow"),
+    )
+    fast = fit(
+        c,
+        model=SmallCNN(),
+        make_iterator=lambda: MemoryIterator(images, labels, 16, 4),
+        total_steps=10,
+        warmup_steps=1,
+        workdir=str(tmp_path / "fast"),
+    )
+    # The last window (steps 6-10) is past the compile: a 0.1 s batch dwarfs a SmallCNN step.
+    assert slow["input_wait_fraction"] > 0.6
+    assert slow["input_wait_s_per_step"] == pytest.approx(0.1, abs=0.05)
+    assert fast["input_wait_fraction"] < 0.3
+    lines = [line for line in capsys.readouterr().out.splitlines() if "step 10/10" in line]
+    assert len(lines) == 2 and all("input wait " in line for line in lines)
+    assert f"input wait {100 * slow['input_wait_fraction']:.0f}%" in lines[0]
+    logged = _tensorboard_scalars(tmp_path / "slow" / "tb")
+    assert logged["train/input_wait_fraction"][-1] == pytest.approx(slow["input_wait_fraction"], rel=1e-5)
+    assert len(logged["train/input_wait_fraction"]) == len(logged["train/loss"]) == 2

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from typing import TypeVar
 
 import jax
+
+T = TypeVar("T")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -33,11 +37,21 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-def progress_line(stage: str, step: int, total: int, loss: float, lr: float, images_per_s: float, eta_s: float) -> str:
-    """`[stage] step 120/1000 loss 2.31 lr 0.05 img/s 410 eta 2m10s`."""
+def progress_line(
+    stage: str,
+    step: int,
+    total: int,
+    loss: float,
+    lr: float,
+    images_per_s: float,
+    eta_s: float,
+    input_wait: float = 0.0,
+) -> str:
+    """`[stage] step 120/1000 loss 2.31 lr 0.05 img/s 410 input wait 3% eta 2m10s`; `input_wait` is
+    the fraction of the window's wall time the loop spent blocked on the input iterator."""
     return (
         f"[{stage}] step {step}/{total} loss {loss:.4g} lr {lr:.3g} "
-        f"img/s {images_per_s:.0f} eta {format_duration(eta_s)}"
+        f"img/s {images_per_s:.0f} input wait {100 * input_wait:.0f}% eta {format_duration(eta_s)}"
     )
 
 
@@ -64,7 +78,7 @@ class MetricsWriter:
 
 
 class WindowTimer:
-    """Wall time and metric sums since the last report."""
+    """Wall time, time blocked on the input, and metric sums since the last report."""
 
     def __init__(self) -> None:
         self.reset()
@@ -72,8 +86,16 @@ class WindowTimer:
     def reset(self) -> None:
         self.start = time.perf_counter()
         self.steps = 0
+        self.input_wait_s = 0.0
         self.sums: dict[str, float] = {}
         self.last: dict[str, float] = {}
+
+    def next_input(self, iterator: Iterator[T]) -> T:
+        """`next(iterator)`, timed: the loop is idle (nothing new to dispatch) for exactly this long."""
+        start = time.perf_counter()
+        item = next(iterator)
+        self.input_wait_s += time.perf_counter() - start
+        return item
 
     def add(self, metrics: dict[str, float]) -> None:
         self.steps += 1
@@ -90,3 +112,9 @@ class WindowTimer:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+    def input_wait_fraction(self) -> float:
+        """Share of the window's wall time spent waiting for input: near 0 when the pipeline keeps
+        up, near 1 when the accelerator starves."""
+        elapsed = self.elapsed()
+        return min(self.input_wait_s / elapsed, 1.0) if elapsed > 0 else 0.0

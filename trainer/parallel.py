@@ -100,8 +100,9 @@ class JitRunner:
         """Restored arrays already carry the state shardings."""
         return restored
 
-    def metrics(self, metrics: dict) -> dict[str, float]:
-        return {k: float(v) for k, v in metrics.items()}
+    def metrics(self, steps: list[dict]) -> list[dict[str, float]]:
+        """Several steps' metrics in one device-to-host transfer (replicated scalars)."""
+        return [{k: float(v) for k, v in m.items()} for m in jax.device_get(steps)]
 
 
 def _first_replica(x: jax.Array) -> np.ndarray:
@@ -151,8 +152,10 @@ class PmapRunner:
     def put_restored(self, restored: Any) -> Any:
         return self.put_state(restored)
 
-    def metrics(self, metrics: dict) -> dict[str, float]:
-        return {k: float(_first_replica(v)) for k, v in metrics.items()}
+    def metrics(self, steps: list[dict]) -> list[dict[str, float]]:
+        """Several steps' metrics in one device-to-host transfer (the first replica's copies)."""
+        first = [{k: v.addressable_data(0) for k, v in m.items()} for m in steps]
+        return [{k: float(np.reshape(v, ())) for k, v in m.items()} for m in jax.device_get(first)]
 
 
 def make_runner(

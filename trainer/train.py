@@ -28,6 +28,7 @@ from trainer.checkpoint import Checkpointer
 from trainer.parallel import PMAP_AXIS
 
 FINAL_NAME = "final.json"
+_MAX_IN_FLIGHT = 3  # train steps the host may dispatch ahead of the device
 
 
 class _Preemption:
@@ -101,30 +102,35 @@ def fit(
     last_saved = latest
     last_means: dict[str, float] = {}
     run_start = time.perf_counter()
-    pending: tuple[int, dict] | None = None
+    # Steps dispatched whose metrics the host has not read yet. Reading them is a host sync, so it
+    # happens once per log/checkpoint boundary (one transfer), not per step: the device never idles
+    # waiting for the host to look at a loss. The NaN guard still names the first bad step, and no
+    # checkpoint is written before the steps leading to it were checked.
+    pending: list[tuple[int, dict]] = []
 
-    def consume(item: tuple[int, dict]) -> None:
-        done_step, device_metrics = item
-        values = runner.metrics(device_metrics)
-        metrics_lib.check_finite(done_step, values, last_saved)
-        window.add(values)
+    def consume() -> None:
+        for (done_step, _), values in zip(pending, runner.metrics([m for _, m in pending]), strict=True):
+            metrics_lib.check_finite(done_step, values, last_saved)
+            window.add(values)
+        pending.clear()
 
     try:
         with _Preemption() as preemption:
             while step < total_steps:
-                batch = runner.put_batch(next(iterator))
+                batch = runner.put_batch(window.next_input(iterator))
                 state, device_metrics = runner.step(state, batch)
                 step += 1
-                if pending is not None:
-                    consume(pending)
-                pending = (step, device_metrics)
+                pending.append((step, device_metrics))
+                if len(pending) > _MAX_IN_FLIGHT:
+                    # Bound the steps (and their batches) queued ahead of the device. This waits only
+                    # when the device is already _MAX_IN_FLIGHT steps behind, so it never starves it.
+                    jax.block_until_ready(pending[-_MAX_IN_FLIGHT - 1][1])
                 stop = preemption.any_process()
                 log_now = step % int(config.log_every_steps) == 0 or step == total_steps
                 save_now = ckpt.due(step) or step == total_steps or stop
                 if not (log_now or save_now):
                     continue
-                consume(pending)
-                pending = None
+                consume()
                 if log_now:
                     last_means = _report(stage_name, step, total_steps, window, global_batch, writer)
                 if save_now:
@@ -162,10 +168,19 @@ def _report(
     step_time = elapsed / max(window.steps, 1)
     means["images_per_s"] = global_batch / step_time if step_time > 0 else 0.0
     means["step_time_s"] = step_time
+    means["input_wait_fraction"] = window.input_wait_fraction()
+    means["input_wait_s_per_step"] = window.input_wait_s / max(window.steps, 1)
     writer.write(step, {f"train/{k}": v for k, v in means.items()})
     if jax.process_index() == 0:
         line = metrics_lib.progress_line(
-            stage, step, total, means["loss"], means["learning_rate"], means["images_per_s"], step_time * (total - step)
+            stage,
+            step,
+            total,
+            means["loss"],
+            means["learning_rate"],
+            means["images_per_s"],
+            step_time * (total - step),
+            means["input_wait_fraction"],
         )
         print(line, flush=True)
     window.reset()
