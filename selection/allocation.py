@@ -173,26 +173,40 @@ def output_bounds(total: int, records_per_shard: int) -> tuple[np.ndarray, np.nd
     return sizes, np.concatenate([[0], np.cumsum(sizes)])
 
 
-def weight_suffix(weight: float) -> bytes:
-    """A serialized Example holding only `image/weight`.
+def weight_suffix(weight: float, labels: list[int] | None = None) -> bytes:
+    """A serialized Example holding only `image/weight` (and, under a label remap, `image/label`).
 
     Appended to a source record it adds the weight without decoding or re-encoding the image:
-    protobuf merges repeated message fields, so the parsed record is the source record plus the weight.
+    protobuf merges repeated message fields, so the parsed record is the source record plus the weight;
+    an appended `image/label` replaces the source's labels (a map entry parsed later wins).
     """
     proto = tf_example_pb2.Example()
     proto.features.feature["image/weight"].float_list.value.append(float(weight))
+    if labels is not None:
+        proto.features.feature["image/label"].int64_list.value.extend(labels)
     return proto.SerializeToString(deterministic=True)
 
 
 def shard_stats(
-    attributed: np.ndarray, offsets: np.ndarray, labels: np.ndarray, copies: np.ndarray, num_labels: int
+    attributed: np.ndarray,
+    offsets: np.ndarray,
+    labels: np.ndarray,
+    copies: np.ndarray,
+    num_labels: int,
+    remap: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """A shard's part of the manifest's realised counts: draws and unique examples per attributed
-    label, and copies per carried label."""
+    label, and copies per carried label (per written label under a `remap`, fine label -> coarse
+    label, where a record counts once per coarse label)."""
     has = attributed >= 0
     owner = np.repeat(np.arange(len(copies)), np.diff(offsets))
+    written, num_written = labels, num_labels
+    if remap is not None:
+        num_written = int(remap.max()) + 1 if len(remap) else 0
+        pairs = np.unique(owner * num_written + remap[labels])
+        owner, written = pairs // num_written, pairs % num_written
     return {
         "draws": np.bincount(attributed[has], weights=copies[has], minlength=num_labels).astype(np.int64),
         "unique": np.bincount(attributed[has], weights=copies[has] > 0, minlength=num_labels).astype(np.int64),
-        "label_copies": np.bincount(labels, weights=copies[owner], minlength=num_labels).astype(np.int64),
+        "label_copies": np.bincount(written, weights=copies[owner], minlength=num_written).astype(np.int64),
     }

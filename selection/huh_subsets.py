@@ -13,6 +13,10 @@ Which of their experiments each function reproduces:
   - `random_classes`: a uniformly random subset of the classes with all their images (Table 2
     "more examples/class" row; section 6 random split). Table 2's fixed-budget rows are
     `images_per_class(random_classes(...), n)` or `images_per_class(counts, n)`.
+  - `minimal_split` / `random_split` (section 6, Figures 7-9): two halves of the labels that share
+    no ancestor down to a depth, or drawn at random.
+  - `target_overlap` (section 6, Table 9): the source labels that are the target's, to remove.
+  - `subset`: the pipeline's `huh` method, all of the above as one recipe.
 The coarsenings keep every image and change its label: they return a `LabelRemap` (fine label index
 -> coarse label index) for whoever writes or reads the records. The others return per-label planned
 counts (expected draws per source label, never above the label's count, so no image repeats).
@@ -34,6 +38,10 @@ class LabelRemap:
 
     names: list[str]
     index: np.ndarray
+
+    def record_labels(self, fine_labels: np.ndarray) -> list[int]:
+        """One record's coarse labels, in order, each once (two fine labels may merge into one)."""
+        return list(dict.fromkeys(int(v) for v in self.index[np.asarray(fine_labels, np.int64)]))
 
     def counts(self, fine_counts: np.ndarray) -> np.ndarray:
         """Per-coarse-label image counts (for multi-label data an image may count under one label twice)."""
@@ -77,11 +85,7 @@ def depth_coarsening(label_names: list[str], hierarchy: dict[str, list[str]], de
     if depth < 0:
         raise ValueError("depth must be >= 0")
     parents = parent_map(hierarchy)
-    assigned = []
-    for label in label_names:
-        path = _path_from_root(label, parents)
-        assigned.append(path[min(depth, len(path) - 1)])
-    return _remap(label_names, assigned)
+    return _remap(label_names, [_ancestor_at(label, parents, depth) for label in label_names])
 
 
 def _merge_step(assigned: list[str], parents: dict[str, str]) -> list[str]:
@@ -138,3 +142,124 @@ def random_classes(label_counts: np.ndarray, num_classes: int, seed: int) -> np.
     planned = np.zeros_like(counts)
     planned[chosen] = counts[chosen]
     return planned
+
+
+def _ancestor_at(label: str, parents: dict[str, str], depth: int) -> str:
+    path = _path_from_root(label, parents)
+    return path[min(depth, len(path) - 1)]
+
+
+def minimal_split(label_names: list[str], hierarchy: dict[str, list[str]], depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Huh et al.'s minimal split (section 6, Figure 7): label indices (A, B) such that no label in A
+    shares its ancestor at `depth` with a label in B. Whole depth-`depth` subtrees go to one side,
+    largest first to the side with fewer labels (ties by name), so the sides are as even as the tree
+    allows; deterministic."""
+    if depth < 0:
+        raise ValueError("depth must be >= 0")
+    parents = parent_map(hierarchy)
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(label_names):
+        groups.setdefault(_ancestor_at(label, parents, depth), []).append(i)
+    if len(groups) < 2:
+        raise ValueError(f"every label shares its depth-{depth} ancestor: no minimal split exists")
+    sides: tuple[list[int], list[int]] = ([], [])
+    for name in sorted(groups, key=lambda g: (-len(groups[g]), g)):
+        smaller = 0 if len(sides[0]) <= len(sides[1]) else 1
+        sides[smaller].extend(groups[name])
+    return np.array(sorted(sides[0]), np.int64), np.array(sorted(sides[1]), np.int64)
+
+
+def random_split(num_labels: int, size_a: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Huh et al.'s random split: `size_a` labels drawn uniformly for A, the rest B (they matched the
+    minimal split's sizes)."""
+    if not 0 < size_a < num_labels:
+        raise ValueError(f"split size {size_a} must be in [1, {num_labels - 1}]")
+    order = np.random.default_rng([int(seed), 0x5B117]).permutation(num_labels)
+    return np.sort(order[:size_a]), np.sort(order[size_a:])
+
+
+def target_overlap(
+    label_names: list[str],
+    hierarchy: dict[str, list[str]],
+    target_label_names: list[str],
+    target_hierarchy: dict[str, list[str]] | None = None,
+    extra: tuple[str, ...] = (),
+) -> np.ndarray:
+    """Mask of source labels that overlap the target (Huh et al.'s PASCAL-removed ImageNet): a source
+    label named like a target label (case-insensitive), or below a source node so named, or below a
+    node that is a direct parent of target labels in the target's hierarchy, or below a name in
+    `extra` (labels or ancestors the user names)."""
+    target_names = {n.lower() for n in target_label_names}
+    target_set = set(target_label_names)
+    for parent, children in (target_hierarchy or {}).items():
+        if target_set.intersection(children):
+            target_names.add(parent.lower())
+    target_names.update(n.lower() for n in extra)
+    parents = parent_map(hierarchy)
+    return np.array(
+        [any(node.lower() in target_names for node in _path_from_root(label, parents)) for label in label_names], bool
+    )
+
+
+def subset(
+    label_names: list[str],
+    hierarchy: dict[str, list[str]],
+    counts: np.ndarray,
+    *,
+    per_class: int = 0,
+    num_classes: int = 0,
+    coarsen: str = "none",
+    coarsen_depth: int = 1,
+    coarsen_iterations: int = 1,
+    split: str = "none",
+    split_depth: int = 1,
+    split_part: str = "A",
+    remove_target_overlap: bool = False,
+    remove_labels: tuple[str, ...] = (),
+    target_label_names: list[str] | None = None,
+    target_hierarchy: dict[str, list[str]] | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, LabelRemap | None]:
+    """Planned draws per source label (each image at most once) and the coarse label set to train on.
+
+    In order: remove target-overlapping labels (and `remove_labels`), keep one side of a random or
+    minimal split, keep `num_classes` random labels (0: all), at most `per_class` images per label
+    (0: all); then `coarsen` ("none" | "depth" | "bottom_up") gives the label set the selected
+    images are trained on.
+    """
+    counts = np.asarray(counts, np.float64)
+    keep = counts > 0
+    if remove_target_overlap or remove_labels:
+        overlap = target_overlap(
+            label_names,
+            hierarchy,
+            list(target_label_names or []) if remove_target_overlap else [],
+            target_hierarchy if remove_target_overlap else None,
+            tuple(remove_labels),
+        )
+        keep &= ~overlap
+    if split not in ("none", "random", "minimal"):
+        raise ValueError(f"split must be 'none', 'random' or 'minimal', got {split!r}")
+    if split_part not in ("A", "B"):
+        raise ValueError(f"split_part must be 'A' or 'B', got {split_part!r}")
+    if split != "none":
+        a, b = minimal_split(label_names, hierarchy, split_depth)
+        if split == "random":
+            a, b = random_split(len(label_names), len(a), seed)
+        side = np.zeros(len(label_names), bool)
+        side[a if split_part == "A" else b] = True
+        keep &= side
+    planned = np.where(keep, counts, 0.0)
+    if num_classes:
+        planned = random_classes(planned, num_classes, seed)
+    if per_class:
+        planned = images_per_class(planned, per_class)
+    if not planned.any():
+        raise ValueError("the Huh subset is empty: every label was removed")
+    if coarsen == "none":
+        return planned, None
+    if coarsen == "depth":
+        return planned, depth_coarsening(label_names, hierarchy, coarsen_depth)
+    if coarsen == "bottom_up":
+        return planned, bottom_up_coarsening(label_names, hierarchy, coarsen_iterations)
+    raise ValueError(f"coarsen must be 'none', 'depth' or 'bottom_up', got {coarsen!r}")

@@ -31,7 +31,10 @@ Memory: the plan, the allocation (non-zero (shard, label) counts) and one shard'
 
 `image/weight` is added by appending a serialized Example holding only that feature to the source
 record: protobuf merges repeated message fields, so the parsed record is the source record plus the
-weight, without decoding or re-encoding the image.
+weight, without decoding or re-encoding the image. A `label_remap` (a coarser label set, e.g. Huh et
+al.'s merged labels) is applied the same way: the appended `image/label` replaces the source's (a map
+entry parsed later wins), and the manifest carries the coarse label names and counts, so training on
+the shard set trains a head over the coarse labels.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import numpy as np
 from tensorflow_datasets.proto import tf_example_pb2
 
 from data import atomic, manifest, records
-from selection import allocation
+from selection import allocation, huh_subsets
 from selection import plan as plan_lib
 from selection import weights as weights_lib
 
@@ -180,6 +183,7 @@ class _Job:
     seed: int
     work: str
     index_dir: str
+    remap: huh_subsets.LabelRemap | None = None
     total: int = 0  # copies in the whole output, known after the allocation
 
     def summary_path(self, s: int) -> str:
@@ -198,7 +202,9 @@ class _Job:
         return weights_lib.attribute_examples(scan.offsets, scan.labels, self.label_weights)
 
 
-def _fingerprint(source_dir: str, label_plan, example_plan, label_weights, seed, records_per_shard, rule) -> str:
+def _fingerprint(
+    source_dir: str, label_plan, example_plan, label_weights, seed, records_per_shard, rule, remap=None
+) -> str:
     digest = hashlib.sha256()
     with open(os.path.join(source_dir, manifest.MANIFEST_NAME), "rb") as handle:
         digest.update(handle.read())
@@ -211,6 +217,8 @@ def _fingerprint(source_dir: str, label_plan, example_plan, label_weights, seed,
         for key in sorted(example_plan):
             digest.update(len(key).to_bytes(4, "little") + key + int(example_plan[key]).to_bytes(8, "little"))
     digest.update(np.ascontiguousarray(label_weights, np.float64).tobytes())
+    if remap is not None:
+        digest.update(json.dumps(remap.names).encode() + np.ascontiguousarray(remap.index, np.int64).tobytes())
     return digest.hexdigest()
 
 
@@ -260,7 +268,14 @@ def _phase_spill(job: _Job, s: int, coo, base: int, total: int, with_replacement
     weight = weights_lib.example_weights(scan.offsets, scan.labels, job.label_weights, job.rule)
     record_of_copy, positions = allocation.copy_positions(copies, base, job.total, job.seed)
     source_records = read_shard(job.source.files[s])
-    chosen = {i: source_records[i] + allocation.weight_suffix(weight[i]) for i in np.flatnonzero(copies).tolist()}
+    chosen = {
+        i: source_records[i]
+        + allocation.weight_suffix(
+            weight[i],
+            None if job.remap is None else job.remap.record_labels(scan.labels[scan.offsets[i] : scan.offsets[i + 1]]),
+        )
+        for i in np.flatnonzero(copies).tolist()
+    }
     del source_records
     pieces = [chosen[i] for i in record_of_copy]
     byte_offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces], dtype=np.int64)])
@@ -268,7 +283,15 @@ def _phase_spill(job: _Job, s: int, coo, base: int, total: int, with_replacement
     _save_npy(positions_path, positions)
     _save_npy(offsets_path, byte_offsets)
     _save_npz(
-        stats_path, **allocation.shard_stats(attributed, scan.offsets, scan.labels, copies, len(job.label_weights))
+        stats_path,
+        **allocation.shard_stats(
+            attributed,
+            scan.offsets,
+            scan.labels,
+            copies,
+            len(job.label_weights),
+            None if job.remap is None else job.remap.index,
+        ),
     )
 
 
@@ -306,6 +329,7 @@ def write_selected(
     example_weight_rule: str = "max",
     label_weights: np.ndarray | None = None,
     label_index_dir: str | None = None,
+    label_remap: huh_subsets.LabelRemap | None = None,
     wait_timeout_s: float = 24 * 3600.0,
 ) -> manifest.ShardSet:
     """Writes the selection `plan` of the shard set at `source_dir` to `out_dir`; returns its manifest.
@@ -315,7 +339,8 @@ def write_selected(
     example id -> copies. Each record gets `image/weight` from `label_weights` (default: the
     LabelPlan's w; 1.0 for other plans) by `example_weight_rule`. Every process calls this with the
     same arguments; all return the manifest. Re-running resumes; a different plan or seed for the
-    same `out_dir` is refused while its partial output exists.
+    same `out_dir` is refused while its partial output exists. `label_remap`: the records and the
+    manifest get the coarse labels (the plan and its statistics stay over the source labels).
     """
     if records_per_shard <= 0:
         raise ValueError(f"records_per_shard must be positive, got {records_per_shard}")
@@ -345,8 +370,10 @@ def write_selected(
         label_weights = label_plan.weight if use_plan_w else np.ones(source.num_labels)
     label_weights = np.asarray(label_weights, np.float64)
 
+    if label_remap is not None and len(label_remap.index) != source.num_labels:
+        raise ValueError(f"label_remap maps {len(label_remap.index)} labels, the source has {source.num_labels}")
     fingerprint = _fingerprint(
-        source_dir, label_plan, example_plan, label_weights, seed, records_per_shard, example_weight_rule
+        source_dir, label_plan, example_plan, label_weights, seed, records_per_shard, example_weight_rule, label_remap
     )
     os.makedirs(out_dir, exist_ok=True)
     config_path = os.path.join(out_dir, CONFIG_NAME)
@@ -368,6 +395,7 @@ def write_selected(
         int(seed),
         work,
         label_index_dir or os.path.join(work, "index"),
+        label_remap,
     )
     num_sources = len(source.files)
     owned = list(range(process_index, num_sources, process_count))
@@ -400,7 +428,9 @@ def write_selected(
 
 def _write_manifest(job, out_dir, paths, sizes, realised_plan, fingerprint, records_per_shard) -> None:
     num_labels = len(job.label_weights)
-    draws, unique, label_copies = (np.zeros(num_labels, np.int64) for _ in range(3))
+    draws, unique = (np.zeros(num_labels, np.int64) for _ in range(2))
+    out_names = job.source.label_names if job.remap is None else job.remap.names
+    label_copies = np.zeros(len(out_names), np.int64)
     for s in range(len(job.source.files)):
         with np.load(job.spill_paths(s)[3]) as z:
             draws += z["draws"]
@@ -427,11 +457,13 @@ def _write_manifest(job, out_dir, paths, sizes, realised_plan, fingerprint, reco
         }
     else:
         extra["plan"] = {"matcher": "examples", "size": int(job.total)}
+    if job.remap is not None:
+        extra["label_remap"] = {"source_label_names": job.source.label_names, "index": job.remap.index.tolist()}
     manifest.write_manifest(
         out_dir,
         paths,
         [int(n) for n in sizes],
-        job.source.label_names,
+        out_names,
         label_copies.tolist(),
         hierarchy=job.source.hierarchy,
         extra=extra,
