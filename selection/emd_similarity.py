@@ -87,7 +87,7 @@ def similarity_from_emd(distance: float | np.ndarray, gamma: float = CUI_GAMMA) 
     return np.exp(-gamma * np.asarray(distance, dtype=np.float64))
 
 
-def _target_units(target_features: np.ndarray, target_labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def target_units(target_features: np.ndarray, target_labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Target mass points: class means weighted by image share, or every image with mass 1/M."""
     target_features = np.asarray(target_features, dtype=np.float64)
     if target_labels is None:
@@ -108,7 +108,7 @@ def emd_similarity(
     """Cui et al.'s domain similarity sim(S, T) = exp(-gamma * EMD(S, T)) over class-mean features."""
     s_means, s_counts = class_means(source_features, source_labels)
     keep = s_counts > 0
-    t_points, t_weights = _target_units(target_features, target_labels)
+    t_points, t_weights = target_units(target_features, target_labels)
     distance = emd(s_means[keep], s_counts[keep], t_points, t_weights)
     return float(similarity_from_emd(distance, gamma))
 
@@ -161,19 +161,47 @@ def emd_select_labels(
     label index.
     """
     means, _ = class_means(source_features, source_labels, num_source_labels)
-    t_points, t_weights = _target_units(target_features, target_labels)
+    t_points, t_weights = target_units(target_features, target_labels)
     sims = label_similarities(means, t_points, t_weights, gamma)
+    return plan_from_similarities(sims, label_counts, k=k, size=size, num_source_labels=num_source_labels)
+
+
+def plan_from_similarities(
+    sims: np.ndarray,
+    label_counts: np.ndarray | None,
+    *,
+    k: int,
+    size: float | None,
+    num_source_labels: int | None = None,
+) -> np.ndarray:
+    """Planned draws per source label from the labels' similarities (highest first, ties to the lower
+    index). k > 0: the top k labels, all their examples (`size` None) or size / k each; k = 0: the top
+    labels in order, all their examples, until `size` examples are planned (the last label partly),
+    which is the equal-budget form the pipeline compares with the other methods."""
+    sims = np.asarray(sims, np.float64)
+    num_source_labels = len(sims) if num_source_labels is None else num_source_labels
     available = int(np.isfinite(sims).sum())
-    if not 0 < k <= available:
-        raise ValueError(f"k={k} must be in [1, {available}] (labels seen in the source features)")
-    chosen = np.argsort(-sims, kind="stable")[:k]
-    planned = np.zeros(num_source_labels, dtype=np.float64)
-    if size is None:
-        if label_counts is None:
-            raise ValueError("label_counts is required when size is None (all examples of chosen labels)")
+    counts = None
+    if label_counts is not None:
         counts = np.asarray(label_counts, dtype=np.float64)
         if counts.shape != (num_source_labels,):
             raise ValueError(f"label_counts has shape {counts.shape}, expected ({num_source_labels},)")
+    ranked = np.argsort(-sims, kind="stable")[:available]
+    planned = np.zeros(num_source_labels, dtype=np.float64)
+    if k == 0:
+        if counts is None or size is None or size <= 0:
+            raise ValueError("k=0 needs label_counts and a positive size (fill the size from the top labels)")
+        taken = np.cumsum(counts[ranked]) - counts[ranked]  # examples planned before each label
+        planned[ranked] = np.clip(size - taken, 0.0, counts[ranked])
+        if planned.sum() < size - 1e-9:
+            raise ValueError(f"size {size:g} exceeds the {counts[ranked].sum():g} examples of the scored labels")
+        return planned
+    if not 0 < k <= available:
+        raise ValueError(f"k={k} must be in [1, {available}] (labels seen in the source features)")
+    chosen = ranked[:k]
+    if size is None:
+        if counts is None:
+            raise ValueError("label_counts is required when size is None (all examples of chosen labels)")
         planned[chosen] = counts[chosen]
     else:
         if size <= 0:

@@ -8,6 +8,10 @@
 - k-means filtering (Algorithm 1): a feature extractor is trained ON THE TARGET (its labels), K-means
   on its target features gives K centres, one pass scores every source example by the mean or min
   L_p distance to them, and the N lowest are kept.
+- EMD label selection (Cui et al. 4.2, label-level, but it needs the same kind of pass): class-mean
+  features of every source label from one streaming pass of a given model (the entire-source model),
+  target class means from the target's training images and labels, source labels ranked by
+  exp(-gamma * EMD) to the target and planned in that order (`emd_similarity.plan_from_similarities`).
 - Random: N source examples uniformly without replacement (a seeded hash of the example id, so no
   image is read and any process count picks the same examples).
 
@@ -29,8 +33,8 @@ import numpy as np
 
 from data import atomic, manifest, records
 from selection import domain_classifier as domain_lib
+from selection import emd_similarity, scoring
 from selection import kmeans_filter as kmeans_lib
-from selection import scoring
 
 DOMAIN_LABELS = ["source", "target"]
 RESULT_NAME = "result.json"
@@ -214,16 +218,21 @@ def _feature_fn(model, variables, batch_size: int):
 
 def _features_of(directory: str, feature_fn, image_size: int, batch_size: int) -> np.ndarray:
     """Features of every example of a (small) shard set, in order: the target, or a source sample."""
+    return _features_and_labels(directory, feature_fn, image_size, batch_size)[0]
+
+
+def _features_and_labels(directory: str, feature_fn, image_size: int, batch_size: int):
     from data import augment
 
-    feats = []
+    feats, labels = [], []
     for path in manifest.load_manifest(directory).files:
         examples = _records(path)
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
             images = augment.to_float(np.stack([augment.eval_image(e.image, image_size) for e in chunk]))
             feats.append(feature_fn(images))
-    return np.concatenate(feats)
+            labels.extend(e.labels[0] for e in chunk)
+    return np.concatenate(feats), np.array(labels, np.int64)
 
 
 def domain_classifier_logistic(
@@ -327,3 +336,48 @@ def random_examples(source_dir: str, work_dir: str, *, size: int, seed: int) -> 
         return ExampleSelection(scoring.select_examples(paths, size=size, largest=True), {"scoring_images": 0})
 
     return _cached(work_dir, compute)
+
+
+def emd_labels(
+    source_dir: str,
+    target_dir: str,
+    work_dir: str,
+    *,
+    feature_model: tuple[Any, dict, int],
+    top_k: int,
+    size: float,
+    gamma: float,
+    batch_size: int,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Cui et al.'s label selection: (planned draws per source label, info); see the module doc."""
+    path = os.path.join(work_dir, RESULT_NAME)
+    if os.path.exists(path):
+        raw = atomic.read_json(path)
+        return np.asarray(raw["planned"], np.float64), raw["info"]
+    model, variables, image_size = feature_model
+    features = _feature_fn(model, variables, batch_size)
+    source = manifest.load_manifest(source_dir, verify=False)
+    sums, counts, forwarded = scoring.label_feature_sums(
+        source_dir,
+        features,
+        os.path.join(work_dir, "label_sums"),
+        image_size=image_size,
+        batch_size=batch_size,
+        num_labels=source.num_labels,
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts[:, None]
+    target_features, target_labels = _features_and_labels(target_dir, features, image_size, batch_size)
+    points, weights = emd_similarity.target_units(target_features, target_labels)
+    sims = emd_similarity.label_similarities(means, points, weights, gamma)
+    planned = emd_similarity.plan_from_similarities(
+        sims, np.asarray(source.label_counts, np.float64), k=top_k, size=size if size > 0 else None
+    )
+    order = np.argsort(-sims, kind="stable")[:5]
+    info = {
+        "scoring_images": forwarded + len(target_features),
+        "labels_chosen": int(np.sum(planned > 0)),
+        "top_labels": [[source.label_names[i], float(sims[i])] for i in order],
+    }
+    atomic.write_json(path, {"planned": planned.tolist(), "info": info})
+    return planned, info

@@ -147,3 +147,50 @@ def test_random_examples_exact_deterministic_and_uniform(data, tmp_path):
     # Two processes' score files are those of one process (shard ownership only).
     paths = [os.path.join(tmp_path, "a", "scores", scoring.SCORE_NAME.format(s)) for s in range(3)]
     assert all(os.path.exists(p) for p in paths)
+
+
+def test_emd_source_label_equal_to_the_target_ranks_first(tmp_path):
+    import jax
+
+    from models.registry import build_model
+
+    rng = np.random.default_rng(1)
+    target = [
+        records.Example(_png(c, rng), (k,), f"t{k}-{i}".encode()) for i in range(6) for k, c in enumerate((RED, BLUE))
+    ]
+    _write(str(tmp_path / "target"), target, ["red", "blue"])
+    colours = {0: GREEN, 1: GREY, 2: None, 3: (200, 200, 30)}  # label 2: red and blue, as the target
+    source = [
+        records.Example(_png(colours[y] or (RED if i % 2 else BLUE), rng), (y,), f"s{y}-{i}".encode())
+        for y in range(4)
+        for i in range(8 + 2 * y)
+    ]
+    _write(str(tmp_path / "source"), source, ["green", "grey", "redblue", "yellow"], shards=2)
+    model_config = _helper().model
+    model_config.num_classes = 3
+    model = build_model(model_config)
+    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, SIZE, SIZE, 3), np.float32))
+    planned, info = example_level.emd_labels(
+        str(tmp_path / "source"),
+        str(tmp_path / "target"),
+        str(tmp_path / "emd"),
+        feature_model=(model, variables, SIZE),
+        top_k=0,
+        size=15,
+        gamma=0.01,
+        batch_size=16,
+    )
+    assert info["top_labels"][0][0] == "redblue"
+    assert planned[2] == 12 and planned.sum() == 15  # the top label whole, then 3 from the next
+    assert info["scoring_images"] == len(source) + len(target)
+    top1, _ = example_level.emd_labels(
+        str(tmp_path / "source"),
+        str(tmp_path / "target"),
+        str(tmp_path / "emd1"),
+        feature_model=(model, variables, SIZE),
+        top_k=1,
+        size=0,
+        gamma=0.01,
+        batch_size=16,
+    )
+    np.testing.assert_array_equal(top1, [0, 0, 12, 0])
