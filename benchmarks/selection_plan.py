@@ -19,8 +19,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from selection import allocation  # noqa: E402
+from selection import allocation, methods  # noqa: E402
 from selection import plan as plan_lib  # noqa: E402
+from selection import weights as weights_lib  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -48,11 +49,18 @@ def main() -> None:
         f"selection {args.size:,}"
     )
 
+    w = weights_lib.ImportanceWeights.compute(names, pt, raw_counts, args.examples)
+
+    def make_plan(matcher: str, top_k: int) -> plan_lib.LabelPlan:
+        method = methods.get(matcher)
+        params = method.defaults()
+        if "top_k" in params:
+            params.top_k = top_k
+        return method.plan(methods.PlanContext(names, raw_counts, args.examples, {}, w, args.size, params)).plan
+
     for matcher in ("same", "elastic", "uniform", "reverse"):
         start = time.perf_counter()
-        plan = plan_lib.make_plan(
-            matcher, label_names=names, counts=raw_counts, pt=pt, size=args.size, top_k=4000, num_examples=args.examples
-        )
+        plan = make_plan(matcher, 4000)
         planned = time.perf_counter()
         plan = plan_lib.replan(plan, attributed)
         draws = plan.draws(0)
@@ -74,12 +82,7 @@ def main() -> None:
         f"in {time.perf_counter() - start:.1f} s"
     )
     for matcher in ("same", "elastic"):
-        plan = plan_lib.replan(
-            plan_lib.make_plan(
-                matcher, label_names=names, counts=raw_counts, pt=pt, size=args.size, num_examples=args.examples
-            ),
-            attributed,
-        )
+        plan = plan_lib.replan(make_plan(matcher, 0), attributed)
         draws = plan.draws(0)
         start = time.perf_counter()
         entry = allocation.allocate(shard, label, count, draws, seed=0, with_replacement=plan.with_replacement)

@@ -18,6 +18,7 @@ import ml_collections
 
 from configs.models import inception_v3, small_cnn
 from data import embedded
+from selection import methods
 from trainer import config as trainer_config
 
 
@@ -91,20 +92,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.pretrain.ema_decay = 0.0  # an EMA over ~1k steps would mostly average untrained weights
     c.pretrain.eval_with_ema = False
     c.pretrain.aux_loss_weight = 0.0
-    # Ngiam et al. sample by the weights instead of weighting the loss; the selected shards' weights
-    # are kept for analysis, the loss is unweighted.
-    c.pretrain.use_example_weights = False
 
     c.weights = ml_collections.ConfigDict()
     c.weights.temperature = 2.0
     c.weights.batch_size = 32 if tiny else 128
 
-    c.selection = ml_collections.ConfigDict()
+    # Every method's parameters sit at selection.<name> (selection/methods.py): e.g.
+    # --config.selection.methods="('same','uniform','hierarchy')" --config.selection.uniform.top_k=50.
+    # Ngiam et al. sample by the weights: the resampled shards train with an unweighted loss; the
+    # `weighted_loss` method (the entire source, loss weighted by w) is the paper's alternative.
+    c.selection = methods.selection_config()
     c.selection.methods = ("same", "elastic")
     c.selection.size = 60 if tiny else 12000
-    c.selection.top_k = 0  # uniform/reverse matchers: labels kept (0 = those with w > 0)
     c.selection.records_per_shard = 100 if tiny else 2000
-    c.selection.example_weight_rule = "max"
+    c.selection.hierarchy.ancestors = ("greek",)  # script -> group -> character
 
     c.finetune = trainer_config.finetune_config()
     c.finetune.global_batch_size = 16 if tiny else 32

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 
 from data import atomic  # noqa: E402
 from launch import workdir  # noqa: E402
+from selection import methods  # noqa: E402
 
 CSV_COLUMNS = (
     "pretraining_data",
@@ -32,14 +33,15 @@ CSV_COLUMNS = (
     "mean_per_class_std",
     "seeds",
 )
-ROW_TITLES = {
-    "entire_source": "Entire source",
-    "same": "Adaptive transfer (same-distribution matcher)",
-    "elastic": "Adaptive transfer (elastic matcher)",
-    "uniform": "Uniform over top-k labels",
-    "reverse": "Reverse distribution",
-    "random_init": "Random initialization",
-}
+
+
+def row_title(choice: str) -> str:
+    """A report row's title: the fixed rows, else the selection method's title (selection.methods)."""
+    if choice == workdir.ENTIRE_SOURCE:
+        return "Entire source"
+    if choice == workdir.RANDOM_INIT:
+        return "Random initialization"
+    return methods.get(choice).title
 
 
 def summarise_runs(runs: list[dict]) -> dict:
@@ -72,7 +74,7 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _plot_results(rows: list[dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    names = [ROW_TITLES.get(r["pretraining_data"], r["pretraining_data"]) for r in rows]
+    names = [row_title(r["pretraining_data"]) for r in rows]
     ax.barh(names, [r["top1_mean"] for r in rows], xerr=[r["top1_std"] for r in rows], color="#4477aa")
     ax.invert_yaxis()
     ax.set_xlabel("target top-1 accuracy (%), mean and std over seeds")
@@ -133,7 +135,7 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
             ["Pre-training data", "Top-1 (%)", "Mean per-class (%)", "Seeds"],
             [
                 [
-                    ROW_TITLES.get(r["pretraining_data"], r["pretraining_data"]),
+                    row_title(r["pretraining_data"]),
                     f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}",
                     f"{r['mean_per_class_mean']:.2f} ± {r['mean_per_class_std']:.2f}",
                     str(r["seeds"]),

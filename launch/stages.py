@@ -15,6 +15,8 @@ import numpy as np
 from data import atomic, manifest
 from launch import config_cli, report
 from launch.workdir import ENTIRE_SOURCE, RANDOM_INIT, STAGE_NAMES, Workspace, pretraining_choices
+from selection import methods as methods_lib
+from selection import plan as plan_lib
 
 
 def select_stages(names: Sequence[str]) -> tuple[str, ...]:
@@ -53,12 +55,23 @@ def stage_prepare(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     }
 
 
+def pretrain_run_config(config: ml_collections.ConfigDict, choice: str) -> ml_collections.ConfigDict:
+    """The trainer config of one pre-training run: the loss is weighted only for a weighted-view method.
+
+    Resampled (or subset) shards already follow the selection; weighting their loss too would apply
+    w twice. Only a method whose shards are the source with weights (`weighted_loss`) weights it.
+    """
+    run_config = ml_collections.ConfigDict(config.pretrain.to_dict())
+    run_config.use_example_weights = choice != ENTIRE_SOURCE and methods_lib.get(choice).weighted_loss
+    return run_config
+
+
 def _pretrain(config: ml_collections.ConfigDict, ws: Workspace, choice: str, train_dir: str) -> dict:
     from trainer import train
 
     source = manifest.load_manifest(ws.source, verify=False)
     return train.train(
-        config.pretrain,
+        pretrain_run_config(config, choice),
         model_config=_model_config(config, source.num_labels),
         train_dir=train_dir,
         workdir=ws.pretrain(choice),
@@ -94,71 +107,67 @@ def stage_weights(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     pt = weights.target_label_distribution(
         apply_fn, variables, batches, num_labels=source.num_labels, temperature=config.weights.temperature
     )
-    ps, w, excluded = weights.importance_weights(pt, np.asarray(source.label_counts), source.num_records)
+    # w is computed here ONCE (Ps = count / number of examples); every later stage reads weights.json.
+    iw = weights.ImportanceWeights.compute(source.label_names, pt, np.asarray(source.label_counts), source.num_records)
     label_stats = {
-        name: {"count": int(c), "pt": float(p)}
-        for name, c, p in zip(source.label_names, source.label_counts, pt, strict=True)
+        "num_examples": source.num_records,  # the preview CLI (selection.plan) then computes the same w
+        **{
+            name: {"count": int(c), "pt": float(p)}
+            for name, c, p in zip(source.label_names, source.label_counts, pt, strict=True)
+        },
     }
     atomic.write_json(ws.label_stats_json, label_stats)
-    atomic.write_json(
-        ws.weights_json,
-        {
-            "label_names": source.label_names,
-            "pt": pt.tolist(),
-            "ps": ps.tolist(),
-            "w": w.tolist(),
-            "excluded": [source.label_names[i] for i in np.flatnonzero(excluded)],
-        },
-    )
-    order = np.argsort(-w)[:5]
+    iw.write(ws.weights_json)
+    order = np.argsort(-iw.w)[:5]
     return {
-        "top_labels": [[source.label_names[i], float(w[i])] for i in order],
-        "excluded_labels": int(np.sum(excluded)),
+        "top_labels": [[source.label_names[i], float(iw.w[i])] for i in order],
+        "excluded_labels": len(iw.excluded),
     }
-
-
-def _load_weights(ws: Workspace) -> dict:
-    raw = atomic.read_json(ws.weights_json)
-    return {k: np.asarray(v) if k in ("pt", "ps", "w") else v for k, v in raw.items()}
 
 
 def stage_select(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
-    from selection import plan as plan_lib
+    """Plans and writes every configured method's shard set from the weights stage's w."""
     from selection import stats, write
+    from selection import weights as weights_lib
 
     source = manifest.load_manifest(ws.source)
-    weights_info = _load_weights(ws)
-    counts = np.asarray(source.label_counts)
+    iw = weights_lib.ImportanceWeights.read(ws.weights_json) if os.path.exists(ws.weights_json) else None
     summary = {}
-    for method in config.selection.methods:
-        out_dir = ws.selected(method)
-        label_plan = plan_lib.make_plan(
-            method,
+    for name in config.selection.methods:
+        method = methods_lib.get(name)
+        context = methods_lib.PlanContext(
             label_names=source.label_names,
-            counts=counts,
-            pt=weights_info["pt"],
+            counts=np.asarray(source.label_counts),
+            num_examples=source.num_records,
+            hierarchy=source.hierarchy,
+            weights=iw,
             size=config.selection.size,
-            top_k=config.selection.top_k,
+            params=config.selection[name],
+            source_dir=ws.source,
+            scratch_dir=ws.selection_scratch(name),
         )
-        label_plan.to_csv(ws.plan_csv(method))
+        selection = method.plan(context)
+        label_plan = selection.plan if isinstance(selection.plan, plan_lib.LabelPlan) else None
+        if label_plan is not None:
+            label_plan.to_csv(ws.plan_csv(name))
         shard_set = write.write_selected(
             ws.source,
-            label_plan,
-            out_dir,
+            selection.plan,
+            ws.selected(name),
             records_per_shard=config.selection.records_per_shard,
             seed=config.seed,
             example_weight_rule=config.selection.example_weight_rule,
+            label_weights=selection.label_weights,
             label_index_dir=ws.source_label_index,  # shared by all methods
         )
-        table = stats.label_table(label_plan, shard_set)
-        stats.write_tables(table, ws.selection_stats(method))
-        summary[method] = {"records": shard_set.num_records, **stats.totals(table)}
-    stats.plot_weights(
-        weights_info["w"],
-        weights_info["label_names"],
-        ws.importance_weights_png,
-        top=config.report.plot_top_labels,
-    )
+        if label_plan is not None:
+            table = stats.label_table(label_plan, shard_set)
+            stats.write_tables(table, ws.selection_stats(name))
+            summary[name] = {"records": shard_set.num_records, **stats.totals(table)}
+        else:
+            summary[name] = {"records": shard_set.num_records}
+    if iw is not None:
+        stats.plot_weights(iw.w, iw.label_names, ws.importance_weights_png, top=config.report.plot_top_labels)
     return summary
 
 

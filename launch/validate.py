@@ -20,9 +20,6 @@ import ml_collections
 
 from launch.config_cli import ConfigError
 
-# The selection methods stage_select can run (selection.plan.make_plan's matchers that need no
-# extra inputs); the one list launch reads.
-SELECTION_METHODS = ("same", "elastic", "uniform", "reverse", "entire")
 TRAINER_SECTIONS = ("pretrain", "finetune")
 _MISSING = object()
 
@@ -156,19 +153,52 @@ def _check_seeds(key: str, seeds: Any) -> None:
         raise _fail(key, seeds, "a tuple of distinct seeds")
 
 
-def _check_methods(methods: Any) -> None:
+def _check_selection(config: ml_collections.ConfigDict) -> None:
+    """`selection.methods` and each selected method's parameters, against the registry (selection.methods)."""
+    from selection import methods as methods_lib
+    from selection import weights
+
     key = "selection.methods"
-    accepts = "a non-empty tuple of distinct names from " + ", ".join(repr(m) for m in SELECTION_METHODS)
+    known = methods_lib.names()
+    methods = config.selection.methods
+    accepts = "a non-empty tuple of distinct names from " + ", ".join(repr(m) for m in known)
     if not isinstance(methods, (tuple, list)) or not methods:
         raise _fail(key, methods, accepts)
-    unknown = [m for m in methods if m not in SELECTION_METHODS]
+    unknown = [m for m in methods if m not in known]
     if unknown:
         raise ConfigError(
             f"config key '{key}' = {tuple(methods)!r}: unknown method {unknown[0]!r}; known: "
-            + ", ".join(repr(m) for m in SELECTION_METHODS)
+            + ", ".join(repr(m) for m in known)
         )
     if len(set(methods)) != len(methods):
         raise _fail(key, tuple(methods), accepts)
+    rules: dict[str, Rule] = {
+        "selection.records_per_shard": int_at_least(1),
+        "selection.example_weight_rule": one_of(weights.EXAMPLE_WEIGHT_RULES),
+    }
+    if any(methods_lib.get(m).sized for m in methods):
+        rules["selection.size"] = number_above(0)
+    for name in methods:
+        if _get(config, f"selection.{name}") is _MISSING:
+            raise ConfigError(
+                f"config key 'selection.{name}' is missing: the method's parameters "
+                "(selection.methods.selection_config() makes them)"
+            )
+        if "top_k" in config.selection[name]:
+            rules[f"selection.{name}.top_k"] = int_at_least(0)
+    _check(config, rules)
+    if "hierarchy" in methods:
+        ancestors = config.selection.hierarchy.ancestors
+        if not isinstance(ancestors, (tuple, list)) or not ancestors or not all(isinstance(a, str) for a in ancestors):
+            raise _fail("selection.hierarchy.ancestors", ancestors, "a non-empty tuple of label or group names")
+    for section in TRAINER_SECTIONS:
+        if _get(config, f"{section}.use_example_weights") is True:
+            raise _fail(
+                f"{section}.use_example_weights",
+                True,
+                "False: the selection method decides the loss (resampled shards train unweighted; "
+                "the 'weighted_loss' method weights it by w)",
+            )
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -176,7 +206,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     from data import sides
     from models import registry
     from models.layers import DTYPES
-    from selection import weights
 
     _check(config, {"seed": int_at_least(0), "model.name": one_of(tuple(registry.model_names()))})
     min_size = registry.min_image_size(config.model.name)
@@ -197,16 +226,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         _check_trainer(config, section, min_size)
     _check_seeds("finetune.seeds", config.finetune.seeds)
     _check(config, {"weights.temperature": number_above(0), "weights.batch_size": int_at_least(1)})
-    _check_methods(config.selection.methods)
-    _check(
-        config,
-        {
-            "selection.size": number_above(0),
-            "selection.top_k": int_at_least(0),
-            "selection.records_per_shard": int_at_least(1),
-            "selection.example_weight_rule": one_of(weights.EXAMPLE_WEIGHT_RULES),
-        },
-    )
+    _check_selection(config)
     _check(config, {"report.top_labels": int_at_least(1), "report.plot_top_labels": int_at_least(1)}, required=False)
     try:
         sides.check_data_config(config.data)

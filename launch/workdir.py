@@ -9,6 +9,7 @@ Every stage writes only under its own folder, and a stage is complete when its m
   weights/weights.json, label_stats.json  Pt, Ps, w per source label (weights)
   selected/<method>/                      weighted TFRecord shards + manifest (select)
   selected/<method>.plan.csv, .stats.*    the plan and Table-5 statistics of each method (select)
+  selected/_scratch/<method>/             a method's intermediate files, e.g. per-example scores (select)
   finetune/<choice>/seed_<s>/             fine-tuning runs and their test metrics (finetune)
   finetune/results.json                   test metrics of every fine-tuning run (finetune)
   report.md, report.csv, *.png            the report (report)
@@ -67,6 +68,10 @@ class Workspace:
 
     def selected(self, method: str) -> str:
         return self.path("selected", method)
+
+    def selection_scratch(self, method: str) -> str:
+        """A method's own resumable intermediate files (example-level scores, ...)."""
+        return self.path("selected", "_scratch", method)
 
     def plan_csv(self, method: str) -> str:
         return self.selected(method) + ".plan.csv"

@@ -7,7 +7,8 @@ Matchers (Ngiam et al. 2018, appendix 6.1 and Table 6), for a desired size S:
 
 - same:     with replacement, every example of label y drawn at rate s * w(y), s set so the expected
             total is S: planned(y) = S * w(y) * count(y) / sum(w * count). For a single-label
-            source w * count = Pt * N, so planned is proportional to Pt.
+            source w * count = Pt * N, so planned is proportional to Pt. Optionally restricted to
+            the top-k labels by w (Table 6 compares same / uniform / reverse on the same labels).
 - elastic:  without replacement: labels exhausted in decreasing order of w, the remainder re-planned
             over the rest (water-filling: planned(y) = min(count(y), s * w(y) * count(y)), the
             single s that makes the total exactly S).
@@ -15,7 +16,13 @@ Matchers (Ngiam et al. 2018, appendix 6.1 and Table 6), for a desired size S:
 - reverse:  with replacement, the same-distribution sampling rates of the top-k labels swapped
             between the highest and the lowest (rank i gets the rate of rank k-1-i), rescaled to S.
 - hierarchy subset: every example of every descendant of the chosen ancestor labels, once.
+- weighted loss: every example once (no resampling); training weights the loss by w instead
+  (section 4.1's alternative).
 - entire source: every example once.
+
+w is the weights stage's (`selection.weights.ImportanceWeights`, Ps = count / number of examples)
+whenever it is passed as `weights=`; only the preview CLI derives it from Pt here. The method
+registry (`selection.methods`) names the matchers and maps config parameters onto these functions.
 
 `planned` is the expected number of draws per label (a float); `draws(seed)` turns it into exact
 integers that sum to the plan's size (see there). `unique` is the expected number of distinct
@@ -46,8 +53,8 @@ import numpy as np
 from data import atomic
 from selection import weights as weights_lib
 
-MATCHERS = ("same", "elastic", "uniform", "reverse", "hierarchy", "entire", "given")
-WITH_REPLACEMENT = {"same": True, "uniform": True, "reverse": True}
+_WITH_REPLACEMENT = {"same": True, "uniform": True, "reverse": True}
+_EVERY_CHOSEN_EXAMPLE = ("hierarchy", "weighted_loss", "entire")  # planned = count on the chosen labels
 CSV_COLUMNS = ("label", "count", "raw_count", "pt", "ps", "weight", "planned", "rate", "unique")
 
 
@@ -176,6 +183,16 @@ def _top_k(w: np.ndarray, counts: np.ndarray, top_k: int) -> np.ndarray:
     return ranked[:top_k] if top_k > 0 else ranked
 
 
+def _restricted(w: np.ndarray, counts: np.ndarray, top_k: int) -> np.ndarray:
+    """w on the top-k labels by w, 0 elsewhere (all of w when top_k is 0)."""
+    if top_k <= 0:
+        return w
+    out = np.zeros_like(w)
+    chosen = _top_k(w, counts, top_k)
+    out[chosen] = w[chosen]
+    return out
+
+
 def _uniform(counts: np.ndarray, w: np.ndarray, size: float, top_k: int) -> np.ndarray:
     chosen = _top_k(w, counts, top_k)
     planned = np.zeros_like(counts)
@@ -193,18 +210,18 @@ def _reverse(counts: np.ndarray, w: np.ndarray, size: float, top_k: int) -> np.n
 def _planned(matcher: str, counts: np.ndarray, w: np.ndarray, size: float, params: dict) -> np.ndarray:
     counts = np.asarray(counts, np.float64)
     if matcher == "same":
-        return _same(counts, w, size)
+        return _same(counts, _restricted(w, counts, params.get("top_k", 0)), size)
     if matcher == "elastic":
         return _elastic(counts, w, size)
     if matcher == "uniform":
         return _uniform(counts, w, size, params.get("top_k", 0))
     if matcher == "reverse":
         return _reverse(counts, w, size, params.get("top_k", 0))
-    if matcher in ("hierarchy", "entire"):
+    if matcher in _EVERY_CHOSEN_EXAMPLE:
         return counts * np.asarray(params["chosen"], np.float64)
     if matcher == "given":
         return counts * np.asarray(params["rate"], np.float64)
-    raise ValueError(f"unknown matcher {matcher!r}; known: {MATCHERS}")
+    raise ValueError(f"unknown matcher {matcher!r}")
 
 
 def _build(
@@ -216,18 +233,24 @@ def _build(
     num_examples: int | None,
     params: dict,
     with_replacement: bool | None = None,
+    weights: weights_lib.ImportanceWeights | None = None,
 ) -> LabelPlan:
     counts = np.asarray(counts, np.float64)
     if len(label_names) != len(counts):
         raise ValueError(f"{len(label_names)} label names but {len(counts)} counts")
     if np.any(counts < 0):
         raise ValueError("label counts must be non-negative")
-    n = float(num_examples) if num_examples else float(counts.sum())
-    pt = np.zeros_like(counts) if pt is None else np.asarray(pt, np.float64)
-    ps, w, _ = weights_lib.importance_weights(pt, counts, max(n, 1.0))
+    if weights is not None:  # the weights stage's w: never recomputed with another N
+        if list(weights.label_names) != list(label_names):
+            raise ValueError("the importance weights are for other labels than the plan's")
+        pt, ps, w = weights.pt, weights.ps, weights.w
+    else:  # the preview: w from Pt, N = num_examples (default the sum of counts)
+        n = float(num_examples) if num_examples else float(counts.sum())
+        pt = np.zeros_like(counts) if pt is None else np.asarray(pt, np.float64)
+        ps, w, _ = weights_lib.importance_weights(pt, counts, max(n, 1.0))
     planned = _planned(matcher, counts, w, size, params)
     if with_replacement is None:
-        with_replacement = WITH_REPLACEMENT.get(matcher, False)
+        with_replacement = _WITH_REPLACEMENT.get(matcher, False)
     return LabelPlan(
         label_names=list(label_names),
         count=counts,
@@ -268,48 +291,71 @@ def replan(plan: LabelPlan, counts: np.ndarray) -> LabelPlan:
 # Public constructors.
 
 
+Weights = weights_lib.ImportanceWeights
+
+
 def same_distribution(
-    label_names: Sequence[str], counts: np.ndarray, pt: np.ndarray, size: float, *, num_examples: int | None = None
+    label_names: Sequence[str],
+    counts: np.ndarray,
+    pt: np.ndarray | None,
+    size: float,
+    *,
+    top_k: int = 0,
+    num_examples: int | None = None,
+    weights: Weights | None = None,
 ) -> LabelPlan:
-    """Same-distribution matcher (with replacement); see the module doc."""
-    return _build("same", label_names, counts, pt, size, num_examples, {"target_size": float(size)})
+    """Same-distribution matcher (with replacement), over the top-k labels by w (0: all); see the module doc."""
+    params = {"target_size": float(size), "top_k": int(top_k)}
+    return _build("same", label_names, counts, pt, size, num_examples, params, weights=weights)
 
 
 def elastic(
-    label_names: Sequence[str], counts: np.ndarray, pt: np.ndarray, size: float, *, num_examples: int | None = None
+    label_names: Sequence[str],
+    counts: np.ndarray,
+    pt: np.ndarray | None,
+    size: float,
+    *,
+    num_examples: int | None = None,
+    weights: Weights | None = None,
 ) -> LabelPlan:
     """Elastic matcher (without replacement, exact size); see the module doc."""
-    return _build("elastic", label_names, counts, pt, size, num_examples, {"target_size": float(size)})
+    return _build("elastic", label_names, counts, pt, size, num_examples, {"target_size": float(size)}, weights=weights)
 
 
 def uniform_top_k(
     label_names: Sequence[str],
     counts: np.ndarray,
-    pt: np.ndarray,
+    pt: np.ndarray | None,
     size: float,
     *,
     top_k: int = 0,
     num_examples: int | None = None,
+    weights: Weights | None = None,
 ) -> LabelPlan:
     """Uniform over the top-k labels by w (0: all labels with w > 0), with replacement."""
-    return _build(
-        "uniform", label_names, counts, pt, size, num_examples, {"target_size": float(size), "top_k": int(top_k)}
-    )
+    params = {"target_size": float(size), "top_k": int(top_k)}
+    return _build("uniform", label_names, counts, pt, size, num_examples, params, weights=weights)
 
 
 def reverse(
     label_names: Sequence[str],
     counts: np.ndarray,
-    pt: np.ndarray,
+    pt: np.ndarray | None,
     size: float,
     *,
     top_k: int = 0,
     num_examples: int | None = None,
+    weights: Weights | None = None,
 ) -> LabelPlan:
     """Same-distribution rates of the top-k labels swapped highest <-> lowest, with replacement."""
-    return _build(
-        "reverse", label_names, counts, pt, size, num_examples, {"target_size": float(size), "top_k": int(top_k)}
-    )
+    params = {"target_size": float(size), "top_k": int(top_k)}
+    return _build("reverse", label_names, counts, pt, size, num_examples, params, weights=weights)
+
+
+def weighted_source(label_names: Sequence[str], counts: np.ndarray, *, weights: Weights) -> LabelPlan:
+    """Every source example once, for training with the loss weighted by w (Ngiam et al. section 4.1)."""
+    chosen = np.ones(len(label_names))
+    return _build("weighted_loss", label_names, counts, None, 0.0, None, {"chosen": chosen}, weights=weights)
 
 
 def descendants(hierarchy: dict[str, list[str]], ancestors: Sequence[str]) -> set[str]:
@@ -331,15 +377,29 @@ def hierarchy_subset(
     counts: np.ndarray,
     *,
     pt: np.ndarray | None = None,
+    weights: Weights | None = None,
 ) -> LabelPlan:
-    """Every example of every label under the chosen ancestors, once (Ngiam et al. Table 1)."""
+    """Every example of every label under the chosen ancestors, once (Ngiam et al. Table 1).
+
+    On a multi-label source an example belongs to the subset when ANY of its labels is under an
+    ancestor: the writer must attribute by `chosen_labels(plan)` (1 on chosen labels, 0 elsewhere),
+    so such an example is attributed to a chosen label and kept, with weight 1.
+    """
     known = set(label_names) | set(hierarchy) | {c for cs in hierarchy.values() for c in cs}
     missing = [a for a in ancestors if a not in known]
     if missing:
         raise ValueError(f"ancestor label(s) {missing} are not in the label set or hierarchy")
     keep = descendants(hierarchy, ancestors)
     chosen = np.array([name in keep for name in label_names], np.float64)
-    return _build("hierarchy", label_names, counts, pt, 0.0, None, {"chosen": chosen, "ancestors": list(ancestors)})
+    if not chosen.any():
+        raise ValueError(f"no source label is under the ancestor(s) {list(ancestors)}")
+    params = {"chosen": chosen, "ancestors": list(ancestors)}
+    return _build("hierarchy", label_names, counts, pt, 0.0, None, params, weights=weights)
+
+
+def chosen_labels(plan: LabelPlan) -> np.ndarray:
+    """1.0 on the labels a subset plan (hierarchy, weighted_loss, entire) takes whole, 0.0 elsewhere."""
+    return np.asarray(plan.params["chosen"], np.float64)
 
 
 def entire_source(label_names: Sequence[str], counts: np.ndarray, *, pt: np.ndarray | None = None) -> LabelPlan:
@@ -372,34 +432,6 @@ def from_planned(
     return _build("given", label_names, counts, pt, 0.0, None, {"rate": rate}, with_replacement)
 
 
-def make_plan(
-    method: str,
-    *,
-    label_names: Sequence[str],
-    counts: np.ndarray,
-    pt: np.ndarray,
-    size: float,
-    top_k: int = 0,
-    num_examples: int | None = None,
-    hierarchy: dict[str, list[str]] | None = None,
-    ancestors: Sequence[str] = (),
-) -> LabelPlan:
-    """Dispatch by name: same | elastic | uniform | reverse | hierarchy | entire."""
-    if method == "same":
-        return same_distribution(label_names, counts, pt, size, num_examples=num_examples)
-    if method == "elastic":
-        return elastic(label_names, counts, pt, size, num_examples=num_examples)
-    if method == "uniform":
-        return uniform_top_k(label_names, counts, pt, size, top_k=top_k, num_examples=num_examples)
-    if method == "reverse":
-        return reverse(label_names, counts, pt, size, top_k=top_k, num_examples=num_examples)
-    if method == "hierarchy":
-        return hierarchy_subset(label_names, hierarchy or {}, ancestors, counts, pt=pt)
-    if method == "entire":
-        return entire_source(label_names, counts, pt=pt)
-    raise ValueError(f"unknown selection method {method!r}; known: same, elastic, uniform, reverse, hierarchy, entire")
-
-
 # ----------------------------------------------------------------------------------------------
 # CLI
 
@@ -422,16 +454,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m selection.plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("--label_stats", required=True, help='JSON {"label": {"count": c, "pt": p}, ...}')
     parser.add_argument("--size", required=True, type=float, help="desired number of selected examples")
-    parser.add_argument("--matcher", required=True, choices=("same", "elastic", "uniform", "reverse"))
+    from selection import methods  # the registry imports this module
+
+    matchers = [m.name for m in map(methods.get, methods.names()) if m.level == "label" and m.sized]
+    parser.add_argument("--matcher", required=True, choices=matchers)
     parser.add_argument("--out", required=True, help="plan CSV path")
-    parser.add_argument("--top_k", type=int, default=0, help="uniform/reverse: labels kept (0: all with w > 0)")
+    parser.add_argument("--top_k", type=int, default=0, help="same/uniform/reverse: labels kept (0: all with w > 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the integer rounding shown in 'draws'")
     args = parser.parse_args(argv)
     try:
         names, counts, pt, n = load_label_stats(args.label_stats)
-        plan = make_plan(
-            args.matcher, label_names=names, counts=counts, pt=pt, size=args.size, top_k=args.top_k, num_examples=n
+        method = methods.get(args.matcher)
+        params = method.defaults()
+        if "top_k" in params:
+            params.top_k = args.top_k
+        context = methods.PlanContext(
+            label_names=names,
+            counts=counts,
+            num_examples=int(n or counts.sum()),
+            hierarchy={},
+            weights=weights_lib.ImportanceWeights.compute(names, pt, counts, int(n or counts.sum())),
+            size=args.size,
+            params=params,
         )
+        plan = method.plan(context).plan
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -19,10 +19,13 @@ Two per-example rules follow from the labels' weights:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from data import atomic
 
 EXAMPLE_WEIGHT_RULES = ("max", "mean", "first")
 
@@ -103,6 +106,48 @@ def importance_weights(
     excluded = counts <= 0
     w = np.divide(pt, ps, out=np.zeros_like(pt), where=~excluded)
     return ps, w, excluded
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportanceWeights:
+    """Pt, Ps and w per source label, computed ONCE (the weights stage) and read by every later stage.
+
+    Plans, written records and the report take w from here rather than recomputing it from Pt, so
+    they cannot disagree on N (the number of source examples, not the sum of label counts).
+    """
+
+    label_names: list[str]
+    pt: np.ndarray
+    ps: np.ndarray
+    w: np.ndarray
+    excluded: list[str] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def compute(
+        cls, label_names: Sequence[str], pt: np.ndarray, label_counts: np.ndarray, num_examples: int
+    ) -> ImportanceWeights:
+        """w = Pt / Ps with Ps = count / num_examples (`importance_weights`)."""
+        ps, w, excluded = importance_weights(pt, label_counts, num_examples)
+        names = list(label_names)
+        return cls(names, np.asarray(pt, np.float64), ps, w, [names[i] for i in np.flatnonzero(excluded)])
+
+    def to_json(self) -> dict:
+        return {
+            "label_names": self.label_names,
+            "pt": self.pt.tolist(),
+            "ps": self.ps.tolist(),
+            "w": self.w.tolist(),
+            "excluded": self.excluded,
+        }
+
+    def write(self, path: str) -> None:
+        atomic.write_json(path, self.to_json())
+
+    @classmethod
+    def read(cls, path: str) -> ImportanceWeights:
+        raw = atomic.read_json(path)
+        arrays = {k: np.asarray(raw[k], np.float64) for k in ("pt", "ps", "w")}
+        return cls(list(raw["label_names"]), excluded=list(raw.get("excluded", [])), **arrays)
 
 
 def _segments(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+from selection import methods
 from selection import plan as plan_lib
+from selection import weights as weights_lib
 
 NAMES = ["A", "B", "C"]
 COUNTS = np.array([10, 40, 50])
@@ -128,10 +130,13 @@ def test_full_scale_label_count_plan_is_fast():
     pt = rng.dirichlet(np.full(labels, 0.05))
     names = [str(i) for i in range(labels)]
     start = time.perf_counter()
+    w = weights_lib.ImportanceWeights.compute(names, pt, counts, 300_000_000)
     for matcher in ("same", "elastic", "uniform", "reverse"):
-        plan = plan_lib.make_plan(
-            matcher, label_names=names, counts=counts, pt=pt, size=80e6, top_k=4000, num_examples=300_000_000
-        )
+        params = methods.get(matcher).defaults()
+        if "top_k" in params:
+            params.top_k = 4000
+        context = methods.PlanContext(names, counts, 300_000_000, {}, w, 80_000_000, params)
+        plan = methods.get(matcher).plan(context).plan
         assert plan.draws(0).sum() == 80_000_000
     assert time.perf_counter() - start < 2.0
 

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from data import manifest, records
-from selection import allocation, write
+from selection import allocation, methods, write
 from selection import plan as plan_lib
 from selection import weights as weights_lib
 
@@ -51,14 +51,11 @@ def read_all(directory: str) -> list[records.Example]:
 def make_label_plan(source_dir: str, matcher: str, size: float) -> plan_lib.LabelPlan:
     src = manifest.load_manifest(source_dir)
     pt = np.random.default_rng(5).dirichlet(np.ones(len(LABELS)))
-    return plan_lib.make_plan(
-        matcher,
-        label_names=src.label_names,
-        counts=np.asarray(src.label_counts),
-        pt=pt,
-        size=size,
-        num_examples=src.num_records,
-    )
+    counts = np.asarray(src.label_counts)
+    w = weights_lib.ImportanceWeights.compute(src.label_names, pt, counts, src.num_records)
+    method = methods.get(matcher)
+    context = methods.PlanContext(src.label_names, counts, src.num_records, src.hierarchy, w, size, method.defaults())
+    return method.plan(context).plan
 
 
 @pytest.fixture(scope="module")

@@ -73,7 +73,7 @@ BAD_OVERRIDES = [
     (
         "--config.selection.methods=('same','bogus')",
         "config key 'selection.methods' = ('same', 'bogus'): unknown method 'bogus'; known: 'same', 'elastic', "
-        "'uniform', 'reverse', 'entire'",
+        "'uniform', 'reverse', 'hierarchy', 'weighted_loss'",  # the registry's first six; more may follow
     ),
     ("--config.selection.methods=()", "config key 'selection.methods' = (): must be a non-empty tuple"),
     ("--config.selection.size=0", "config key 'selection.size' = 0: must be a number > 0"),

@@ -33,7 +33,9 @@ def _common() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0
     c.aux_loss_weight = 0.0  # weight of the auxiliary head's loss (used when the model has one)
     c.multi_label_loss = "softmax"  # "softmax" (targets = normalised multi-hot) | "sigmoid" (per-label BCE)
-    c.use_example_weights = True  # multiply each example's loss by its importance weight
+    # Multiply each example's loss by its `weight` (`image/weight`). Off: the pipeline turns it on only
+    # for a weighted-view selection method (`weighted_loss`); resampled shards train unweighted.
+    c.use_example_weights = False
     c.ema_decay = 0.0  # 0 disables the weight EMA
     c.eval_with_ema = False
     c.image_size = 299
