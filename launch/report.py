@@ -3,7 +3,9 @@
 report.md  - results per pre-training choice (mean and spread over fine-tuning seeds), the top source
              labels by importance weight with their sample rates per matcher, selection totals
 report.csv - one row per pre-training choice: pretraining_data, target, top1_mean, top1_std,
-             mean_per_class_mean, mean_per_class_std, seeds
+             mean_per_class_mean, mean_per_class_std, seeds, and the comparison's cost columns:
+             unique_examples, images_seen (pre-training steps x batch), scoring_images (images
+             forwarded to select), select_wall_s, pretrain_wall_s
 importance_weights.png (written by the select stage), results.png
 """
 
@@ -32,6 +34,11 @@ CSV_COLUMNS = (
     "mean_per_class_mean",
     "mean_per_class_std",
     "seeds",
+    "unique_examples",
+    "images_seen",
+    "scoring_images",
+    "select_wall_s",
+    "pretrain_wall_s",
 )
 
 
@@ -59,6 +66,35 @@ def summarise_runs(runs: list[dict]) -> dict:
 
 def results_rows(results: dict[str, list[dict]], target: str) -> list[dict]:
     return [{"pretraining_data": choice, "target": target, **summarise_runs(runs)} for choice, runs in results.items()]
+
+
+def cost_fields(choice: str, ws: workdir.Workspace, select_summary: dict) -> dict:
+    """What a pre-training choice cost: distinct examples it pre-trained on, images seen, images
+    forwarded to select them, and wall time of the selection and of the pre-training (blank where a
+    stage has not run; random initialisation costs nothing)."""
+    from data import manifest
+    from trainer import train
+
+    fields: dict = {"unique_examples": "", "images_seen": 0, "scoring_images": 0, "select_wall_s": 0.0}
+    fields["pretrain_wall_s"] = 0.0
+    if choice == workdir.RANDOM_INIT:
+        return fields
+    if choice == workdir.ENTIRE_SOURCE:
+        if os.path.exists(os.path.join(ws.source, manifest.MANIFEST_NAME)):
+            fields["unique_examples"] = manifest.load_manifest(ws.source, verify=False).num_records
+    else:
+        if os.path.exists(os.path.join(ws.selected(choice), manifest.MANIFEST_NAME)):
+            selected = manifest.load_manifest(ws.selected(choice), verify=False)
+            fields["unique_examples"] = int(selected.extra.get("unique_examples", selected.num_records))
+        summary = select_summary.get(choice, {})
+        fields["scoring_images"] = int(summary.get("scoring_images", 0))
+        fields["select_wall_s"] = float(summary.get("wall_s", 0.0))
+    final = os.path.join(ws.pretrain(choice), train.FINAL_NAME)
+    if os.path.exists(final):
+        run = atomic.read_json(final)
+        fields["images_seen"] = int(run["steps"]) * int(run["global_batch_size"])
+        fields["pretrain_wall_s"] = float(run.get("wall_s", 0.0))
+    return fields
 
 
 def _read_plan(path: str) -> dict[str, dict]:
@@ -91,6 +127,10 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
     target = config.data.target_name
     order = [c for c in workdir.pretraining_choices(config) if c in results]  # JSON keys come back sorted
     rows = results_rows({c: results[c] for c in order}, target)
+    select_marker = ws.marker("select")
+    select_summary = atomic.read_json(select_marker)["summary"] if os.path.exists(select_marker) else {}
+    for row in rows:
+        row.update(cost_fields(row["pretraining_data"], ws, select_summary))
 
     csv_buffer = io.StringIO()
     writer = csv.DictWriter(csv_buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
@@ -145,6 +185,35 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
         ),
         "",
         "Mean ± standard deviation over fine-tuning seeds. ![results](results.png)",
+        "",
+        "## Methods compared at one budget",
+        "",
+        _markdown_table(
+            [
+                "Pre-training data",
+                "Unique examples",
+                "Images seen",
+                "Scoring cost (images forwarded)",
+                "Wall time: select + pre-train (s)",
+                "Top-1 (%)",
+                "Mean per-class (%)",
+            ],
+            [
+                [
+                    ROW_TITLES.get(r["pretraining_data"], r["pretraining_data"]),
+                    str(r["unique_examples"]),
+                    str(r["images_seen"]),
+                    str(r["scoring_images"]),
+                    f"{r['select_wall_s']:.1f} + {r['pretrain_wall_s']:.1f}",
+                    f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}",
+                    f"{r['mean_per_class_mean']:.2f} ± {r['mean_per_class_std']:.2f}",
+                ]
+                for r in rows
+            ],
+        ),
+        "",
+        "Every pre-trained row runs the same number of steps at the same batch (images seen); scoring "
+        "cost counts the images a method forwards through its own networks to choose its data.",
         "",
         "## Top source labels by importance weight (Table 5's shape)",
         "",
