@@ -200,7 +200,7 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
             ],
             [
                 [
-                    ROW_TITLES.get(r["pretraining_data"], r["pretraining_data"]),
+                    row_title(r["pretraining_data"]),
                     str(r["unique_examples"]),
                     str(r["images_seen"]),
                     str(r["scoring_images"]),
