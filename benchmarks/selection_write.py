@@ -149,8 +149,9 @@ def main() -> None:
         out_bytes = sum(os.path.getsize(f) for f in written.files)
         rss = max(float(o[1]) for o in outputs)
         print(
-            f"write_selected, {count} process(es), {cache} label index: {wall:.1f} s wall; source read {corpus_bytes / wall / 1e6:.1f} "
-            f"MB/s = {source.num_records / wall:,.0f} source records/s; wrote {written.num_records:,} records "
+            f"write_selected, {count} process(es), {cache} label index: {wall:.1f} s wall; "
+            f"source read {corpus_bytes / wall / 1e6:.1f} MB/s = {source.num_records / wall:,.0f} source records/s; "
+            f"wrote {written.num_records:,} records "
             f"({out_bytes / 1e6:.0f} MB, {len(written.files)} shards); peak RSS per process {rss:.0f} MB"
         )
         print(

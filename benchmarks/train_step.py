@@ -12,7 +12,8 @@ same SGD settings (momentum, Nesterov, weight decay, weight EMA, label smoothing
 and step counts. Both are compiled first, then timed in alternating blocks of `--block` steps (so a
 load change on a shared host hits both); prints its JSON line and the ratio ours/keras of images/s.
 
-    python benchmarks/train_step.py --width=1.0 --image_size=75 --batch=16 --num_classes=25 --steps=15 --warmup=2 --keras_peer
+    python benchmarks/train_step.py --width=1.0 --image_size=75 --batch=16 --num_classes=25 \
+        --steps=15 --warmup=2 --keras_peer
 """
 
 from __future__ import annotations

@@ -212,8 +212,8 @@ def source_layout(counts: np.ndarray, multi_label_fraction: float, rng: np.rando
         if len(swaps):
             j = swaps[rng.integers(len(swaps))]
             right[i], singles[j] = singles[j], right[i]
-    images = [(int(a), int(b)) if a != b else (int(a),) for a, b in zip(left, right)]
-    images += [(int(a),) for a, b in zip(left, right) if a == b]  # unrepairable pair: two singles
+    images = [(int(a), int(b)) if a != b else (int(a),) for a, b in zip(left, right, strict=True)]
+    images += [(int(a),) for a, b in zip(left, right, strict=True) if a == b]  # unrepairable pair: two singles
     images += [(int(s),) for s in singles]
     return [images[i] for i in rng.permutation(len(images))]
 
@@ -314,7 +314,7 @@ def _write_shards(
 def _hierarchy(groups: Sequence[str], names: Sequence[str]) -> dict[str, list[str]]:
     """script -> groups, group -> label names, in first-seen order."""
     tree: dict[str, list[str]] = {}
-    for group, name in zip(groups, names):
+    for group, name in zip(groups, names, strict=True):
         script = glyphs.GROUPS[group].script
         if group not in tree.setdefault(script, []):
             tree[script].append(group)
@@ -413,7 +413,7 @@ def build_target(out_dir: str, config: ml_collections.ConfigDict) -> dict[str, S
             label_names=class_names,
             label_counts=[per_class] * len(class_names),
             hierarchy={
-                group: [n for n, g in zip(class_names, space.groups) if g == group]
+                group: [n for n, g in zip(class_names, space.groups, strict=True) if g == group]
                 for group in dict.fromkeys(space.groups)
             },
             extra=dict(

@@ -90,7 +90,7 @@ def load_manifest(directory: str, verify: bool = True) -> ShardSet:
     except (ValueError, KeyError, TypeError) as err:
         raise ManifestError(f"{path}: malformed manifest ({err})") from err
     if verify:
-        for entry, file in zip(raw["files"], files):
+        for entry, file in zip(raw["files"], files, strict=True):
             if not os.path.exists(file):
                 raise ManifestError(f"{path}: listed shard {file} does not exist")
             if sha256_file(file) != entry["sha256"]:

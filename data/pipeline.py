@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import logging
 import math
 import threading
@@ -259,7 +260,7 @@ def eval_batches(
         it = it.filter(_keep)
     elements = iter(it)
     for _ in range(num_batches):
-        chunk = [e for _, e in zip(range(per_process), elements)]
+        chunk = list(itertools.islice(elements, per_process))
         batch = _padding(per_process, image_size, num_classes)
         for key in batch:
             if chunk:

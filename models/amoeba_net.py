@@ -199,7 +199,7 @@ class Cell(_Unit):
             states.append(combined)
         final = states[-1]
         outputs = []
-        for index, (state, used) in enumerate(zip(states, self.spec.used_hiddenstates)):
+        for index, (state, used) in enumerate(zip(states, self.spec.used_hiddenstates, strict=True)):
             if used:
                 continue
             if state.shape[2] != final.shape[2] or state.shape[-1] != final.shape[-1]:

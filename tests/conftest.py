@@ -2,7 +2,8 @@
 
 Tests run a handful of steps on Inception-sized graphs, so compiling dominates their time: XLA's
 CPU backend optimisation is turned down for them (Inception's train step compiles ~25% faster,
-runs ~3.5x slower; results differ from default flags only at float32 rounding). Subprocesses started by tests inherit it through `FAST_COMPILE_FLAGS`.
+runs ~3.5x slower; results differ from default flags only at float32 rounding). Subprocesses started
+by tests inherit it through `FAST_COMPILE_FLAGS`.
 """
 
 import os

@@ -115,7 +115,7 @@ def test_target_is_greek_lowercase_in_held_out_fonts(built):
     labels = [e.labels for e in read_all(train)]
     assert sorted(labels) == sorted([(k,) for k in range(25)] * 2)
     assert set(train.extra["fonts"]).isdisjoint(source.extra["fonts"])
-    for char, index in zip(train.extra["source_label_names"], train.extra["source_label_indices"]):
+    for char, index in zip(train.extra["source_label_names"], train.extra["source_label_indices"], strict=True):
         assert index == -1 or source.label_names[index] == char
     assert train.extra["source_label_names"][0] == "α"
     assert all(i >= 0 for i in train.extra["source_label_indices"])  # greek_lower is a whole group
@@ -146,12 +146,12 @@ def test_glyphs_are_real_not_the_notdef_box():
             missing = np.asarray(glyphs.glyph_mask("\u0d15", font))
         except ValueError:
             missing = np.zeros((0, 0), np.uint8)
-        for char, fonts in zip(space.chars, space.fonts):
+        for char, fonts in zip(space.chars, space.fonts, strict=True):
             if font in fonts:
                 mask = np.asarray(glyphs.glyph_mask(char, font))
                 assert mask.max() > 0
                 assert mask.shape != missing.shape or not np.array_equal(mask, missing), (char, font)
-    assert "α" not in [c for c, fonts in zip(space.chars, space.fonts) if "cmr10" in fonts]
+    assert "α" not in [c for c, fonts in zip(space.chars, space.fonts, strict=True) if "cmr10" in fonts]
     assert ord("a") in glyphs.font_coverage("cmr10") and ord("α") not in glyphs.font_coverage("cmr10")
     assert ord("+") in glyphs.font_coverage("DejaVuSans") and ord("+") not in glyphs.font_coverage("cmr10")
 

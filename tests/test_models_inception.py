@@ -1,5 +1,6 @@
 """Inception-v3: exact parameter counts (FACTS.md), output shapes, switches."""
 
+import functools
 import re
 
 import jax
@@ -101,12 +102,9 @@ def test_bfloat16_changes_compute_dtype_not_parameters():
     results = {}
     for dtype in ("float32", "bfloat16"):
         model = build_model(_config(dtype=dtype))
-        variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
-        out, state = jax.eval_shape(
-            lambda v, x: model.apply(v, x, train=False, capture_intermediates=True, mutable=["intermediates"]),
-            variables,
-            images,
-        )
+        variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), images)
+        apply = functools.partial(model.apply, train=False, capture_intermediates=True, mutable=["intermediates"])
+        out, state = jax.eval_shape(apply, variables, images)
         conv_out = state["intermediates"]["Mixed_7c"]["ConvBN_0"]["conv"]["__call__"][0]
         param_dtypes = {x.dtype for x in jax.tree.leaves(variables)}
         results[dtype] = (conv_out.dtype, param_dtypes, _count(variables), out["logits"].dtype)

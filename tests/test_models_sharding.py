@@ -25,7 +25,7 @@ def test_big_amoeba_net_weights_are_mostly_sharded():
     leaves = jax.tree.leaves(params)
     spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
     assert len(leaves) == len(spec_leaves)
-    sharded = sum(x.size for x, s in zip(leaves, spec_leaves) if "fsdp" in tuple(s))
+    sharded = sum(x.size for x, s in zip(leaves, spec_leaves, strict=True) if "fsdp" in tuple(s))
     assert sharded / sum(x.size for x in leaves) > 0.95
     assert specs["head"]["kernel"] == PartitionSpec("fsdp", None)
 

@@ -61,7 +61,7 @@ def test_batch_contents(tmp_path):
     batch = next(it)
     assert batch["image"].shape == (4, 9, 9, 3) and batch["image"].dtype == np.float32
     assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
-    for i, label, labels, weight in zip(_ids(batch), batch["label"], batch["labels"], batch["weight"]):
+    for i, label, labels, weight in zip(_ids(batch), batch["label"], batch["labels"], batch["weight"], strict=True):
         assert label == i % NUM_CLASSES and batch["label"].dtype == np.int32
         expected = np.zeros(NUM_CLASSES, np.float32)
         expected[[i % NUM_CLASSES, (i + 1) % NUM_CLASSES]] = 1
@@ -121,10 +121,10 @@ def test_same_seed_same_batches(tmp_path):
         return _take(it, 5)
 
     a, b, c = run(7), run(7), run(8)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         for key in x:
             np.testing.assert_array_equal(x[key], y[key])
-    assert any(not np.array_equal(x["image"], y["image"]) for x, y in zip(a, c))
+    assert any(not np.array_equal(x["image"], y["image"]) for x, y in zip(a, c, strict=True))
 
 
 def _noise_png(i: int, size=(40, 30)) -> bytes:
@@ -144,7 +144,7 @@ def test_restored_iterator_continues_exactly(tmp_path, worker_count):
     expected = _take(it, 3)
     fresh = pipeline.train_iterator(d, **kwargs)
     fresh.set_state(state)
-    for x, y in zip(expected, _take(fresh, 3)):
+    for x, y in zip(expected, _take(fresh, 3), strict=True):
         for key in x:
             np.testing.assert_array_equal(x[key], y[key])
 
@@ -164,7 +164,7 @@ def test_eval_pads_and_masks_across_processes(tmp_path):
             assert b["mask"].dtype == bool and b["image"].shape == (2, 8, 8, 3)
             assert np.all(b["weight"][~b["mask"]] == 0)
     assert len(per_process[0]) == len(per_process[1]) == 3  # ceil(ceil(11/2)/2)
-    ids = [i for batches in per_process for b in batches for i, m in zip(_ids(b), b["mask"]) if m]
+    ids = [i for batches in per_process for b in batches for i, m in zip(_ids(b), b["mask"], strict=True) if m]
     assert sorted(ids) == list(range(n))
     masks = [int(b["mask"].sum()) for b in per_process[0]]
     assert masks == [2, 2, 1]
@@ -197,7 +197,7 @@ def test_skip_corrupt_counts_and_reports(tmp_path):
     reasons = {(os.path.basename(e.path), e.index): e.reason for e in pipeline.SKIPPED.entries[-2:]}
     assert "data CRC" in reasons[("shard-00000-of-00003.tfrecord", 2)]
     assert "undecodable image" in reasons[("shard-00001-of-00003.tfrecord", 1)]
-    ids = sorted(i for b in batches for i, m in zip(_ids(b), b["mask"]) if m)
+    ids = sorted(i for b in batches for i, m in zip(_ids(b), b["mask"], strict=True) if m)
     assert ids == [0, 1, 2, 3, 5, 7, 8]  # 6 is shard 0 record 2, 4 is shard 1 record 1
     d = write_set(tmp_path / "i", 9, image=bad_image)
     with pytest.raises(records.CorruptRecordError, match=r"shard-00001-of-00003.tfrecord: record 1: undecodable image"):

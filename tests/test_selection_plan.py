@@ -143,7 +143,8 @@ def test_full_scale_label_count_plan_is_fast():
 
 def test_cli_writes_plan_csv(tmp_path, capsys):
     stats = tmp_path / "stats.json"
-    stats.write_text(json.dumps({n: {"count": int(c), "pt": float(p)} for n, c, p in zip(NAMES, COUNTS, PT)}))
+    label_stats = {n: {"count": int(c), "pt": float(p)} for n, c, p in zip(NAMES, COUNTS, PT, strict=True)}
+    stats.write_text(json.dumps(label_stats))
     out = tmp_path / "plan.csv"
     assert plan_lib.main([f"--label_stats={stats}", "--size=30", "--matcher=elastic", f"--out={out}"]) == 0
     rows = list(csv.DictReader(out.open()))

@@ -164,7 +164,7 @@ def test_two_jax_processes_return_the_same_pt():
     for proc in procs:
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err.decode()[-2000:]
-        line = next(l for l in out.decode().splitlines() if l.startswith("PT"))
+        line = next(row for row in out.decode().splitlines() if row.startswith("PT"))
         results.append(line.split()[1:])
     assert results[0] == results[1] and results[0][0] == "4"  # identical Pt, 4 devices in the mesh
     apply_fn, variables = _model()

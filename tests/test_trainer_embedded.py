@@ -48,9 +48,12 @@ def test_short_run_beats_chance_and_random_init_probe(target, tmp_path):
     c.global_batch_size, c.image_size, c.learning_rate, c.bn_momentum = 32, 32, 0.1, "model"
     c.checkpoint_every_steps, c.log_every_steps = 1000, 100
     model = SmallCNN(num_classes=k, width=32)
-    make = lambda: pipeline.train_iterator(
-        train_set.directory, global_batch_size=32, image_size=32, seed=0, num_classes=k, augment=False
-    )  # noqa: E731
+
+    def make():
+        return pipeline.train_iterator(
+            train_set.directory, global_batch_size=32, image_size=32, seed=0, num_classes=k, augment=False
+        )
+
     fit(c, model=model, make_iterator=make, total_steps=300, warmup_steps=30, workdir=str(tmp_path))
     trained = checkpoint.load_variables(str(tmp_path), use_ema=False)
     batches = lambda d: pipeline.eval_batches(d, global_batch_size=64, image_size=32, num_classes=k)  # noqa: E731

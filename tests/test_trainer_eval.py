@@ -1,6 +1,5 @@
 """Evaluation counts every example once (dataset not a multiple of the batch), features, linear probe, split."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np

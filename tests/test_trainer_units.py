@@ -1,5 +1,7 @@
-"""Trainer pieces in isolation: LR schedule, durations, optimisers, losses, EMA, NaN guard, init_from, frozen backbone."""
+"""Trainer pieces in isolation: LR schedule, durations, optimisers, losses, EMA, NaN guard, init_from, frozen
+backbone."""
 
+import functools
 import json
 import os
 import time
@@ -141,6 +143,11 @@ def _step_setup(c, model):
     return jax.jit(make_train_step(model, c, tx, schedule)), state, it
 
 
+def _ema_update(decay: float, average, value):
+    """TF's ExponentialMovingAverage update, in NumPy."""
+    return decay * average + (1 - decay) * np.asarray(value)
+
+
 def test_ema_tracks_tf_formula():
     c = tiny_config(config_lib.pretrain_config(), ema_decay=0.9, learning_rate=0.5)
     step, state, it = _step_setup(c, SmallCNN())
@@ -148,9 +155,9 @@ def test_ema_tracks_tf_formula():
     expected_stats = jax.tree.map(np.asarray, state.batch_stats)
     for t in range(4):
         state, _ = step(state, next(it))
-        d = min(0.9, (1 + t) / (10 + t))
-        expected = jax.tree.map(lambda e, p: d * e + (1 - d) * np.asarray(p), expected, state.params)
-        expected_stats = jax.tree.map(lambda e, p: d * e + (1 - d) * np.asarray(p), expected_stats, state.batch_stats)
+        ema = functools.partial(_ema_update, min(0.9, (1 + t) / (10 + t)))
+        expected = jax.tree.map(ema, expected, state.params)
+        expected_stats = jax.tree.map(ema, expected_stats, state.batch_stats)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), state.ema_params, expected)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), state.ema_batch_stats, expected_stats

@@ -56,8 +56,13 @@ def decay_mask(params: Any) -> Any:
 def trainable_labels(params: Any, freeze_backbone: bool) -> Any:
     """'train' / 'frozen' per parameter; with a frozen backbone only params['head'] trains."""
     if not freeze_backbone:
-        return jax.tree.map(lambda _: "train", params)
-    return {k: jax.tree.map(lambda _: "train" if k == "head" else "frozen", v) for k, v in params.items()}
+        return _fill(params, "train")
+    return {k: _fill(v, "train" if k == "head" else "frozen") for k, v in params.items()}
+
+
+def _fill(tree: Any, value: str) -> Any:
+    """`tree` with every leaf replaced by `value`."""
+    return jax.tree.map(lambda _: value, tree)
 
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
