@@ -1,7 +1,9 @@
 """Converts datasets into the project's shard sets: a TFDS dataset by name, an image folder, a CSV.
 
-Every converter funnels into `write_shard_set`: contiguous, even shards (sizes differ by at most
-one), each written atomically, the manifest (files, counts, sha256, label names and counts,
+Every source is a `Listing` (label names, count, per-index example); `image_example` is the one
+per-image step (also used by the Beam pipeline). Every conversion funnels into `write_shard_set`:
+contiguous, even shards (sizes differ by at most one), each written atomically, resumably and, in a
+multi-host job, by one process each; the manifest (files, counts, sha256, label names and counts,
 hierarchy, the conversion settings) last. An output directory that already has a manifest is a
 finished conversion and is left alone unless `overwrite`.
 
@@ -21,7 +23,9 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import hashlib
 import io
+import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -29,17 +33,23 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
+from data import atomic, manifest, paths, records
 from data import hierarchy as hierarchy_lib
-from data import manifest, records
 
 DEFAULT_RECORDS_PER_SHARD = 1024
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_SIDECAR = ".json"  # `<shard>.json`: a finished shard's record count and label counts (resume, manifest)
 
 
 def _shard_name(prefix: str, shard: int, num_shards: int) -> str:
     return f"{prefix}-{shard:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def no_barrier(name: str) -> None:
+    """Single-process default: nothing to wait for."""
 
 
 def write_shard_set(
@@ -53,16 +63,27 @@ def write_shard_set(
     extra: dict[str, Any] | None = None,
     threads: int = 8,
     prefix: str = "data",
+    process_index: int = 0,
+    process_count: int = 1,
+    barrier: Callable[[str], None] = no_barrier,
 ) -> manifest.ShardSet:
-    """Writes examples 0..num_examples-1 (fetched with `threads` threads) as an even shard set."""
+    """Writes examples 0..num_examples-1 (fetched with `threads` threads) as an even shard set.
+
+    Resumable and multi-process: process p writes shards p, p + P, ... (a disjoint part), each
+    atomically and followed by a small `<shard>.json` of its counts; a shard with that file is done
+    and skipped when the job runs again. After `barrier`, process 0 writes the manifest from those
+    files; every process then returns the loaded shard set.
+    """
     if num_examples <= 0:
         raise ValueError(f"{out_dir}: nothing to write")
     num_shards = num_shards or max(1, math.ceil(num_examples / DEFAULT_RECORDS_PER_SHARD))
     num_shards = min(num_shards, num_examples)
     os.makedirs(out_dir, exist_ok=True)
-    for stale in glob.glob(os.path.join(out_dir, f"{prefix}-*.tfrecord*")):
-        os.remove(stale)  # left by an interrupted run; the manifest did not list it
-    label_counts = np.zeros(len(label_names), np.int64)
+    names = [_shard_name(prefix, shard, num_shards) for shard in range(num_shards)]
+    if process_index == 0:  # left by a run with another shard count; its manifest never listed them
+        for stale in glob.glob(os.path.join(out_dir, f"{prefix}-*.tfrecord*")):
+            if os.path.basename(stale).removesuffix(".tmp").removesuffix(_SIDECAR) not in names:
+                os.remove(stale)
 
     def encoded(index: int) -> tuple[bytes, tuple[int, ...]]:
         example = get_example(index)
@@ -71,24 +92,41 @@ def write_shard_set(
                 raise ValueError(f"example {index}: label {label} not in [0, {len(label_names)})")
         return records.encode_example(example), example.labels
 
-    def shard_records(lo: int, hi: int, pool: ThreadPoolExecutor):
+    def shard_records(lo: int, hi: int, pool: ThreadPoolExecutor, counts: np.ndarray):
         chunk = max(64, 4 * threads)  # bounded read-ahead: memory does not grow with the shard
         for start in range(lo, hi, chunk):
             for data, labels in pool.map(encoded, range(start, min(hi, start + chunk))):
                 for label in labels:
-                    label_counts[label] += 1
+                    counts[label] += 1
                 yield data
 
-    files, counts = [], []
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        for shard in range(num_shards):
+        for shard in range(process_index, num_shards, process_count):
+            path = os.path.join(out_dir, names[shard])
+            if os.path.exists(path + _SIDECAR):
+                continue  # finished by an earlier run
             lo, hi = num_examples * shard // num_shards, num_examples * (shard + 1) // num_shards
-            path = os.path.join(out_dir, _shard_name(prefix, shard, num_shards))
-            counts.append(records.write_tfrecord(path, shard_records(lo, hi, pool)))
-            files.append(path)
-    if hierarchy:
-        hierarchy_lib.validate(hierarchy)
-    manifest.write_manifest(out_dir, files, counts, list(label_names), label_counts.tolist(), hierarchy, extra)
+            counts = np.zeros(len(label_names), np.int64)
+            written = records.write_tfrecord(path, shard_records(lo, hi, pool, counts))
+            atomic.write_json(path + _SIDECAR, {"records": written, "label_counts": counts.tolist()})
+    barrier(f"shards of {out_dir} written")
+    if process_index == 0:
+        done = [atomic.read_json(os.path.join(out_dir, name + _SIDECAR)) for name in names]
+        label_counts = np.sum([d["label_counts"] for d in done], axis=0, dtype=np.int64)
+        if hierarchy:
+            hierarchy_lib.validate(hierarchy)
+        manifest.write_manifest(
+            out_dir,
+            [os.path.join(out_dir, name) for name in names],
+            [d["records"] for d in done],
+            list(label_names),
+            label_counts.tolist(),
+            hierarchy,
+            extra,
+        )
+        for name in names:  # the manifest now holds what they recorded
+            os.remove(os.path.join(out_dir, name + _SIDECAR))
+    barrier(f"manifest of {out_dir} written")
     return manifest.load_manifest(out_dir, verify=False)
 
 
@@ -98,20 +136,180 @@ def _done(out_dir: str, overwrite: bool) -> manifest.ShardSet | None:
     return None
 
 
-def _image_bytes(data: bytes, where: str) -> bytes:
-    """Checks that the bytes are a readable image; keeps JPEG/PNG as is, re-encodes others as PNG."""
+def image_example(data: bytes, labels: Sequence[int], example_id: str, where: str) -> records.Example:
+    """The per-image step of every converter (and of the Beam pipeline): one record from image bytes.
+
+    Checks that the bytes are a readable image; JPEG/PNG are kept as stored (never re-encoded),
+    any other format is converted to PNG so readers see JPEG/PNG only. `where` names the image in
+    errors.
+    """
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format in ("JPEG", "PNG"):
                 image.verify()
-                return data
-            image.load()
-            rgb = image.convert("RGB")
+                encoded = data
+            else:
+                image.load()
+                buf = io.BytesIO()
+                image.convert("RGB").save(buf, format="PNG")
+                encoded = buf.getvalue()
     except Exception as err:  # PIL raises many types for bad files
         raise ValueError(f"{where}: unreadable image ({err})") from err
-    buf = io.BytesIO()
-    rgb.save(buf, format="PNG")
-    return buf.getvalue()
+    return records.Example(encoded, tuple(int(label) for label in labels), example_id.encode())
+
+
+# -------------------------------------------------------------------------------------- listings
+
+
+class Listing:
+    """The examples of one split wherever they are kept: label names, count, and per-index access."""
+
+    label_names: list[str]
+    prepared_from: dict[str, Any]
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def key(self, index: int) -> tuple[tuple[int, ...], str]:
+        """(labels, example id) of one example, for splitting; cheaper than `example` where it can be."""
+        example = self.example(index)
+        return example.labels, example.example_id.decode()
+
+    def example(self, index: int) -> records.Example:
+        raise NotImplementedError
+
+
+class FileListing(Listing):
+    """Image files with their labels; ids are the paths relative to the listing's root."""
+
+    def __init__(self, items: list[tuple[str, tuple[int, ...], str]], label_names: list[str], prepared_from: dict):
+        self.items, self.label_names, self.prepared_from = items, label_names, prepared_from
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def key(self, index: int) -> tuple[tuple[int, ...], str]:
+        _, labels, example_id = self.items[index]
+        return labels, example_id
+
+    def example(self, index: int) -> records.Example:
+        path, labels, example_id = self.items[index]
+        return image_example(epath.Path(path).read_bytes(), labels, example_id, path)
+
+
+class TfdsListing(Listing):
+    """One split (any TFDS split string) of a TFDS dataset prepared in `data_dir` (array_record)."""
+
+    def __init__(self, name: str, split: str, data_dir: str | None, image_key: str, label_key: str):
+        import tensorflow_datasets as tfds  # heavy; only conversion needs it
+
+        builder = tfds.builder(name, data_dir=data_dir)
+        if not builder.is_prepared():
+            raise FileNotFoundError(
+                f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; prepare it first "
+                f"(tfds build {name} --file_format=array_record); conversion never downloads"
+            )
+        self.source = tfds.data_source(
+            name, split=split, data_dir=data_dir, download=False, decoders={image_key: tfds.decode.SkipDecoding()}
+        )
+        self.name, self.split, self.image_key, self.label_key = name, split, image_key, label_key
+        self.label_names = _label_names(builder.info.features[label_key])
+        self.id_key = next((k for k in _ID_KEYS if k in builder.info.features), None)
+        self.prepared_from = {
+            "tfds": name,
+            "split": split,
+            "version": str(builder.version),
+            "id_key": self.id_key,
+        }
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _read(self, index: int) -> tuple[dict, tuple[int, ...], str]:
+        element = self.source[index]
+        labels = element[self.label_key]
+        labels = (int(labels),) if np.ndim(labels) == 0 else tuple(int(v) for v in np.asarray(labels))
+        key = element[self.id_key] if self.id_key else str(index)
+        key = key.decode() if isinstance(key, bytes) else str(key)
+        return element, labels, f"{self.name}/{self.split}/{key}"
+
+    def key(self, index: int) -> tuple[tuple[int, ...], str]:
+        _, labels, example_id = self._read(index)
+        return labels, example_id
+
+    def example(self, index: int) -> records.Example:
+        element, labels, example_id = self._read(index)
+        return image_example(element[self.image_key], labels, example_id, f"tfds:{example_id}[{index}]")
+
+
+class Subset(Listing):
+    """Some examples of a listing, in the given order."""
+
+    def __init__(self, listing: Listing, indices: Sequence[int], part: str):
+        self.listing, self.indices = listing, list(indices)
+        self.label_names = listing.label_names
+        self.prepared_from = {**listing.prepared_from, "part": part}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def key(self, index: int) -> tuple[tuple[int, ...], str]:
+        return self.listing.key(self.indices[index])
+
+    def example(self, index: int) -> records.Example:
+        return self.listing.example(self.indices[index])
+
+
+def carve_validation(listing: Listing, fraction: float, seed: int) -> tuple[Subset, Subset]:
+    """(train, validation): `fraction` of each class (by first label) moved to validation.
+
+    Reproducible: within a class, examples are ranked by a seeded hash of their id, so the same ids
+    give the same split whatever the listing order; every class keeps at least one training example.
+    """
+    by_class: dict[int, list[tuple[str, int]]] = {}
+    for index in range(len(listing)):
+        labels, example_id = listing.key(index)
+        digest = hashlib.sha256(f"{seed}:{example_id}".encode()).hexdigest()
+        by_class.setdefault(labels[0] if labels else -1, []).append((digest, index))
+    validation: list[int] = []
+    for members in by_class.values():
+        members.sort()
+        take = min(round(fraction * len(members)), len(members) - 1)
+        validation += [index for _, index in members[:take]]
+    held = set(validation)
+    train = [i for i in range(len(listing)) if i not in held]
+    part = {"validation_fraction": fraction, "validation_seed": seed}
+    return Subset(listing, train, json.dumps({"train_of": part})), Subset(
+        listing, sorted(validation), json.dumps({"validation_of": part})
+    )
+
+
+def convert(
+    listing: Listing,
+    out_dir: str,
+    *,
+    num_shards: int | None = None,
+    hierarchy: dict[str, list[str]] | None = None,
+    overwrite: bool = False,
+    process_index: int = 0,
+    process_count: int = 1,
+    barrier: Callable[[str], None] = no_barrier,
+) -> manifest.ShardSet:
+    """Converts a listing into a shard set once (a finished one is left alone unless `overwrite`)."""
+    if (done := _done(out_dir, overwrite)) is not None:
+        return done
+    return write_shard_set(
+        out_dir,
+        len(listing),
+        listing.example,
+        label_names=listing.label_names,
+        num_shards=num_shards,
+        hierarchy=hierarchy,
+        extra={"prepared_from": listing.prepared_from},
+        process_index=process_index,
+        process_count=process_count,
+        barrier=barrier,
+    )
 
 
 # ------------------------------------------------------------------------------------------- TFDS
@@ -143,108 +341,44 @@ def convert_tfds(
     """Converts one split (any TFDS split spec, e.g. "train[:90%]") of a prepared TFDS dataset."""
     if (done := _done(out_dir, overwrite)) is not None:
         return done
-    import tensorflow_datasets as tfds  # heavy; only conversion needs it
-
-    builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
-        raise FileNotFoundError(
-            f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; prepare it first "
-            f"(tfds build {name} --file_format=array_record); conversion never downloads"
-        )
-    source = tfds.data_source(
-        name, split=split, data_dir=data_dir, download=False, decoders={image_key: tfds.decode.SkipDecoding()}
-    )
-    label_names = _label_names(builder.info.features[label_key])
-    id_key = next((k for k in _ID_KEYS if k in builder.info.features), None)
-
-    def get(index: int) -> records.Example:
-        element = source[index]
-        labels = element[label_key]
-        labels = (int(labels),) if np.ndim(labels) == 0 else tuple(int(v) for v in np.asarray(labels))
-        key = element[id_key] if id_key else str(index)
-        key = key.decode() if isinstance(key, bytes) else str(key)
-        where = f"tfds:{name}/{split}[{index}]"
-        return records.Example(_image_bytes(element[image_key], where), labels, f"{name}/{split}/{key}".encode())
-
-    return write_shard_set(
-        out_dir,
-        len(source),
-        get,
-        label_names=label_names,
-        num_shards=num_shards,
-        hierarchy=hierarchy,
-        extra={"prepared_from": {"tfds": name, "split": split, "version": str(builder.version), "id_key": id_key}},
-    )
+    listing = TfdsListing(name, split, data_dir, image_key, label_key)
+    return convert(listing, out_dir, num_shards=num_shards, hierarchy=hierarchy, overwrite=True)
 
 
 # ------------------------------------------------------------------------------ folder and CSV
 
 
-def _convert_files(
-    out_dir: str,
-    items: list[tuple[str, tuple[int, ...], str]],
-    label_names: list[str],
-    num_shards: int | None,
-    hierarchy: dict[str, list[str]] | None,
-    extra: dict[str, Any],
-) -> manifest.ShardSet:
-    def get(index: int) -> records.Example:
-        path, labels, example_id = items[index]
-        with open(path, "rb") as handle:
-            data = handle.read()
-        return records.Example(_image_bytes(data, path), labels, example_id.encode())
-
-    return write_shard_set(
-        out_dir, len(items), get, label_names=label_names, num_shards=num_shards, hierarchy=hierarchy, extra=extra
-    )
+def _files_below(folder: epath.Path) -> list[epath.Path]:
+    """Every file under `folder`, at any depth (epath has no rglob for every backend)."""
+    found = []
+    for entry in folder.iterdir():
+        found.extend(_files_below(entry) if entry.is_dir() else [entry])
+    return found
 
 
-def convert_image_folder(
-    root: str,
-    out_dir: str,
-    *,
-    num_shards: int | None = None,
-    hierarchy: dict[str, list[str]] | None = None,
-    overwrite: bool = False,
-) -> manifest.ShardSet:
-    """`root/<class name>/<image>`: one folder per class; labels in sorted folder-name order."""
-    if (done := _done(out_dir, overwrite)) is not None:
-        return done
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+def folder_listing(root: str) -> FileListing:
+    """`root/<class name>/<image>` (any depth below the class folder); labels in sorted folder order."""
+    base = epath.Path(root)
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
     if not classes:
         raise ValueError(f"{root}: no class folders")
     items = []
     for label, name in enumerate(classes):
-        for dirpath, _, filenames in sorted(os.walk(os.path.join(root, name))):
-            for filename in sorted(filenames):
-                if filename.lower().endswith(IMAGE_EXTENSIONS):
-                    path = os.path.join(dirpath, filename)
-                    items.append((path, (label,), os.path.relpath(path, root)))
-    return _convert_files(
-        out_dir, items, classes, num_shards, hierarchy, {"prepared_from": {"folder": os.path.abspath(root)}}
-    )
+        for path in sorted(str(p) for p in _files_below(base / name) if p.suffix.lower() in IMAGE_EXTENSIONS):
+            items.append((path, (label,), path[len(str(base)) :].lstrip("/")))
+    return FileListing(items, classes, {"folder": paths.resolve(root)})
 
 
-def convert_csv(
-    csv_path: str,
-    out_dir: str,
-    *,
-    label_names: list[str] | None = None,
-    label_separator: str = ";",
-    num_shards: int | None = None,
-    hierarchy: dict[str, list[str]] | None = None,
-    overwrite: bool = False,
-) -> manifest.ShardSet:
-    """Rows `path,label` (header optional; paths relative to the CSV's folder).
+def csv_listing(csv_path: str, *, label_names: list[str] | None = None, label_separator: str = ";") -> FileListing:
+    """Rows `path,label` (header optional; paths relative to the CSV's folder, or absolute / URLs).
 
     The label column holds one or more label names joined by `label_separator` (multi-label).
     Without `label_names`, the sorted set of names in the file is the label list.
     """
-    if (done := _done(out_dir, overwrite)) is not None:
-        return done
-    base = os.path.dirname(os.path.abspath(csv_path))
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    csv_path = paths.resolve(csv_path)
+    base = os.path.dirname(csv_path)
+    text = epath.Path(csv_path).read_text(encoding="utf-8")
+    rows = [row for row in csv.reader(io.StringIO(text)) if row and any(cell.strip() for cell in row)]
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
         rows = rows[1:]
     parsed = []
@@ -260,10 +394,40 @@ def convert_csv(
         unknown = [n for n in names if n not in lookup]
         if unknown:
             raise ValueError(f"{csv_path}: {path}: unknown labels {unknown}")
-        items.append((os.path.join(base, path), tuple(lookup[n] for n in names), path))
-    return _convert_files(
-        out_dir, items, label_names, num_shards, hierarchy, {"prepared_from": {"csv": os.path.abspath(csv_path)}}
-    )
+        location = path if paths.is_url(path) or os.path.isabs(path) else os.path.join(base, path)
+        items.append((location, tuple(lookup[n] for n in names), path))
+    return FileListing(items, label_names, {"csv": csv_path})
+
+
+def convert_image_folder(
+    root: str,
+    out_dir: str,
+    *,
+    num_shards: int | None = None,
+    hierarchy: dict[str, list[str]] | None = None,
+    overwrite: bool = False,
+) -> manifest.ShardSet:
+    """`root/<class name>/<image>`: one folder per class; labels in sorted folder-name order."""
+    if (done := _done(out_dir, overwrite)) is not None:
+        return done
+    return convert(folder_listing(root), out_dir, num_shards=num_shards, hierarchy=hierarchy, overwrite=True)
+
+
+def convert_csv(
+    csv_path: str,
+    out_dir: str,
+    *,
+    label_names: list[str] | None = None,
+    label_separator: str = ";",
+    num_shards: int | None = None,
+    hierarchy: dict[str, list[str]] | None = None,
+    overwrite: bool = False,
+) -> manifest.ShardSet:
+    """A CSV of image paths and labels (see `csv_listing`)."""
+    if (done := _done(out_dir, overwrite)) is not None:
+        return done
+    listing = csv_listing(csv_path, label_names=label_names, label_separator=label_separator)
+    return convert(listing, out_dir, num_shards=num_shards, hierarchy=hierarchy, overwrite=True)
 
 
 # ------------------------------------------------------------------------------------------ CLI

@@ -23,10 +23,12 @@ The prepare stage converts each side once into the record format (`data.prepare`
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import ml_collections
 
-from data import paths
+from data import hierarchy as hierarchy_lib
+from data import manifest, paths, prepare, records
 
 DATA_KINDS = ("embedded", "external")
 SIDE_KINDS = ("tfds", "folder", "csv", "shards", "embedded")
@@ -130,3 +132,94 @@ def check_data_config(data: ml_collections.ConfigDict) -> None:
         if side_name not in data:
             raise _error(f"data.{side_name}", None, "set when data.kind is 'external' (data.sides.side_config())")
         _check_side(side_name, data[side_name])
+
+
+# ------------------------------------------------------------------------------------ preparation
+
+
+class ShardSetListing(prepare.Listing):
+    """A shard set this project already wrote, as a listing (to carve a validation split or copy it)."""
+
+    def __init__(self, directory: str):
+        from data.sources import ShardSetSource
+
+        self.shard_set = manifest.load_manifest(directory)
+        self.source = ShardSetSource(self.shard_set.files)
+        self.label_names = self.shard_set.label_names
+        self.prepared_from = {"shards": directory, **self.shard_set.extra}
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def example(self, index: int) -> records.Example:
+        return records.decode_example(self.source[index][1])
+
+
+def listing(side: ml_collections.ConfigDict, split: str) -> prepare.Listing:
+    """The examples of one split of a side, wherever they are kept."""
+    if side.kind == "tfds":
+        return prepare.TfdsListing(side.name, split, side.data_dir or None, side.image_key, side.label_key)
+    location = split_location(side, split)
+    if side.kind == "folder":
+        return prepare.folder_listing(location)
+    if side.kind == "csv":
+        return prepare.csv_listing(location, label_separator=side.label_separator)
+    if side.kind == "shards":
+        return ShardSetListing(location)
+    raise ValueError(f"side kind {side.kind!r} has no listing")
+
+
+def _hierarchy(side: ml_collections.ConfigDict, examples: prepare.Listing) -> dict[str, list[str]] | None:
+    if side.hierarchy:
+        return hierarchy_lib.load_json(paths.resolve(side.hierarchy))
+    if side.wordnet_is_a:
+        return hierarchy_lib.wordnet_hierarchy(examples.label_names, paths.resolve(side.wordnet_is_a))
+    if isinstance(examples, ShardSetListing):
+        return examples.shard_set.hierarchy or None
+    return None
+
+
+def prepare_data(
+    data: ml_collections.ConfigDict,
+    *,
+    source_dir: str,
+    target_root: str,
+    target_dir: Callable[[str], str],
+    process_index: int = 0,
+    process_count: int = 1,
+    barrier: Callable[[str], None] = prepare.no_barrier,
+) -> None:
+    """Converts the source into `source_dir` and the target's splits into `target_dir(split)` (folders
+    of `target_root`, where the embedded builder writes both), once.
+
+    Each conversion is skipped when its manifest exists, resumes shard by shard, and splits its
+    shards over the processes (`data.prepare.write_shard_set`).
+    """
+    from data import embedded
+
+    kinds = {name: "embedded" if data.kind == "embedded" else data[name].kind for name in SIDES}
+    if kinds["source"] == "embedded" and paths.missing(os.path.join(source_dir, manifest.MANIFEST_NAME)):
+        embedded.build_source(source_dir, data.embedded)
+    if kinds["target"] == "embedded" and any(
+        paths.missing(os.path.join(target_dir(s), manifest.MANIFEST_NAME)) for s in ("train", "test")
+    ):
+        embedded.build_target(target_root, data.embedded)
+    multihost = dict(process_index=process_index, process_count=process_count, barrier=barrier)
+    for side_name in SIDES:
+        if kinds[side_name] == "embedded":
+            continue
+        side = data[side_name]
+        for out, split in side_splits(side_name, side).items():
+            parts = ("train", "validation") if out == "train" and side.validation_fraction else (out,)
+            dirs = {part: target_dir(part) if side_name == "target" else source_dir for part in parts}
+            if not any(paths.missing(os.path.join(d, manifest.MANIFEST_NAME)) for d in dirs.values()):
+                continue  # converted by an earlier run: not even listed again
+            examples = listing(side, split)
+            tree = _hierarchy(side, examples)
+            pieces = (
+                prepare.carve_validation(examples, side.validation_fraction, side.validation_seed)
+                if len(parts) == 2
+                else (examples,)
+            )
+            for part, piece in zip(parts, pieces, strict=True):
+                prepare.convert(piece, dirs[part], num_shards=side.num_shards or None, hierarchy=tree, **multihost)

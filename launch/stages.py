@@ -38,21 +38,32 @@ def _model_config(config: ml_collections.ConfigDict, num_classes: int) -> ml_col
 
 
 def stage_prepare(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
-    from data import embedded
+    """Both sides converted (or rendered) once into the record format; each process writes its part."""
+    import jax
 
-    if not os.path.exists(os.path.join(ws.source, manifest.MANIFEST_NAME)):
-        embedded.build_source(ws.source, config.data.embedded)
-    if not all(os.path.exists(os.path.join(ws.target(s), manifest.MANIFEST_NAME)) for s in ("train", "test")):
-        embedded.build_target(ws.target_root, config.data.embedded)
+    from data import sides
+
+    sides.prepare_data(
+        config.data,
+        source_dir=ws.source,
+        target_root=ws.target_root,
+        target_dir=ws.target,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        barrier=_barrier,
+    )
     source = manifest.load_manifest(ws.source)
     train, test = (manifest.load_manifest(ws.target(s)) for s in ("train", "test"))
-    return {
+    summary = {
         "source_examples": source.num_records,
         "source_labels": source.num_labels,
         "target_classes": train.num_labels,
         "target_train": train.num_records,
         "target_test": test.num_records,
     }
+    if os.path.exists(os.path.join(ws.target("validation"), manifest.MANIFEST_NAME)):
+        summary["target_validation"] = manifest.load_manifest(ws.target("validation"), verify=False).num_records
+    return summary
 
 
 def pretrain_run_config(config: ml_collections.ConfigDict, choice: str) -> ml_collections.ConfigDict:

@@ -4,7 +4,7 @@ Every stage writes only under its own folder, and a stage is complete when its m
 `stages/<name>.json` exists, written atomically after all its outputs:
 
   config.json                             resolved config of the latest launch
-  data/source, data/target/{train,test}   shard sets (prepare)
+  data/source, data/target/{train,test}   shard sets (prepare); data/target/validation when carved
   pretrain/<choice>/                      trainer work dirs: entire_source, same, elastic, ... (pretrain_*)
   weights/weights.json, label_stats.json  Pt, Ps, w per source label (weights)
   selected/<method>/                      weighted TFRecord shards + manifest (select)
