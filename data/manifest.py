@@ -57,11 +57,18 @@ def write_manifest(
     label_counts: list[int],
     hierarchy: dict[str, list[str]] | None = None,
     extra: dict[str, Any] | None = None,
+    sha256s: list[str] | None = None,
 ) -> str:
-    """Writes `directory/manifest.json` for shards already on disk; returns its path."""
+    """Writes `directory/manifest.json` for shards already on disk; returns its path.
+
+    `sha256s`: the shards' digests when the writer computed them as it wrote (a distributed writer
+    does, so the manifest step does not read the whole set back); otherwise read from disk.
+    """
+    if sha256s is None:
+        sha256s = [sha256_file(f) for f in files]
     entries = [
-        {"file": os.path.basename(f), "records": int(n), "sha256": sha256_file(f)}
-        for f, n in zip(files, record_counts, strict=True)
+        {"file": os.path.basename(f), "records": int(n), "sha256": sha}
+        for f, n, sha in zip(files, record_counts, sha256s, strict=True)
     ]
     path = os.path.join(directory, MANIFEST_NAME)
     atomic.write_json(

@@ -136,9 +136,31 @@ def stage_weights(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     }
 
 
+def _write_selected(config: ml_collections.ConfigDict, ws: Workspace, selection, out_dir: str) -> manifest.ShardSet:
+    """One method's shard set, by `selection.writer`: every process's share of the in-process writer,
+    or one Beam job on `selection.beam`'s runner launched by process 0 (the same bytes either way)."""
+    import jax
+
+    from selection import beam_write, write
+
+    kwargs = {
+        "records_per_shard": config.selection.records_per_shard,
+        "seed": config.seed,
+        "example_weight_rule": config.selection.example_weight_rule,
+        "label_weights": selection.label_weights,
+        "label_index_dir": ws.source_label_index,  # shared by all methods
+    }
+    if config.selection.writer == "inprocess":
+        return write.write_selected(ws.source, selection.plan, out_dir, **kwargs)
+    if jax.process_index() == 0:
+        beam_write.write_selected(ws.source, selection.plan, out_dir, beam_config=config.selection.beam, **kwargs)
+    _barrier(f"select {out_dir}")
+    return manifest.load_manifest(out_dir, verify=False)
+
+
 def stage_select(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     """Plans and writes every configured method's shard set from the weights stage's w."""
-    from selection import stats, write
+    from selection import stats
     from selection import weights as weights_lib
 
     source = manifest.load_manifest(ws.source)
@@ -161,16 +183,7 @@ def stage_select(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
         label_plan = selection.plan if isinstance(selection.plan, plan_lib.LabelPlan) else None
         if label_plan is not None:
             label_plan.to_csv(ws.plan_csv(name))
-        shard_set = write.write_selected(
-            ws.source,
-            selection.plan,
-            ws.selected(name),
-            records_per_shard=config.selection.records_per_shard,
-            seed=config.seed,
-            example_weight_rule=config.selection.example_weight_rule,
-            label_weights=selection.label_weights,
-            label_index_dir=ws.source_label_index,  # shared by all methods
-        )
+        shard_set = _write_selected(config, ws, selection, ws.selected(name))
         if label_plan is not None:
             table = stats.label_table(label_plan, shard_set)
             stats.write_tables(table, ws.selection_stats(name))

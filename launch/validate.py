@@ -153,6 +153,27 @@ def _check_seeds(key: str, seeds: Any) -> None:
         raise _fail(key, seeds, "a tuple of distinct seeds")
 
 
+WRITERS = ("inprocess", "beam")  # selection.writer
+
+
+def _check_beam(config: ml_collections.ConfigDict, prefix: str) -> None:
+    """A Beam runner block (data.beam_runner.default_config): names, counts, and the options its runner needs."""
+    from data import beam_runner
+
+    _check(
+        config,
+        {
+            f"{prefix}.runner": one_of(beam_runner.RUNNERS),
+            f"{prefix}.direct_running_mode": one_of(beam_runner.RUNNING_MODES),
+            f"{prefix}.direct_num_workers": int_at_least(1),
+        },
+    )
+    try:
+        beam_runner.option_flags(_get(config, prefix), prefix=prefix)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def _check_selection(config: ml_collections.ConfigDict) -> None:
     """`selection.methods` and each selected method's parameters, against the registry (selection.methods)."""
     from selection import methods as methods_lib
@@ -175,6 +196,7 @@ def _check_selection(config: ml_collections.ConfigDict) -> None:
     rules: dict[str, Rule] = {
         "selection.records_per_shard": int_at_least(1),
         "selection.example_weight_rule": one_of(weights.EXAMPLE_WEIGHT_RULES),
+        "selection.writer": one_of(WRITERS),
     }
     if any(methods_lib.get(m).sized for m in methods):
         rules["selection.size"] = number_above(0)
@@ -187,6 +209,8 @@ def _check_selection(config: ml_collections.ConfigDict) -> None:
         if "top_k" in config.selection[name]:
             rules[f"selection.{name}.top_k"] = int_at_least(0)
     _check(config, rules)
+    if config.selection.writer == "beam":
+        _check_beam(config, "selection.beam")
     if "hierarchy" in methods:
         ancestors = config.selection.hierarchy.ancestors
         if not isinstance(ancestors, (tuple, list)) or not ancestors or not all(isinstance(a, str) for a in ancestors):

@@ -27,6 +27,7 @@ from typing import Literal
 import ml_collections
 import numpy as np
 
+from data import beam_runner
 from selection import plan as plan_lib
 from selection import weights as weights_lib
 
@@ -100,6 +101,10 @@ def selection_config() -> ml_collections.ConfigDict:
     c.size = 0  # examples drawn by every sized method
     c.records_per_shard = 2000
     c.example_weight_rule = "max"  # image/weight of a multi-label example (selection.weights)
+    # "beam": each shard set is written by an Apache Beam job on `beam`'s runner (data.beam_runner), the
+    # same bytes as the in-process writer, which is the fast default on one machine.
+    c.writer = "inprocess"
+    c.beam = beam_runner.default_config()
     for method in _REGISTRY.values():
         c[method.name] = method.defaults()
     return c

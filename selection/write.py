@@ -167,12 +167,12 @@ def _wait_for(paths: list[str], timeout_s: float) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# The writer
+# The write's inputs, allocation and per-shard selection (shared with selection.beam_write)
 
 
 @dataclasses.dataclass
-class _Job:
-    """Everything every process derives identically from the inputs."""
+class Job:
+    """Everything every process (or Beam worker) derives identically from the inputs."""
 
     source: manifest.ShardSet
     shas: list[str]
@@ -181,10 +181,24 @@ class _Job:
     label_weights: np.ndarray
     rule: str
     seed: int
-    work: str
+    records_per_shard: int
+    out_dir: str
+    fingerprint: str
     index_dir: str
     remap: huh_subsets.LabelRemap | None = None
-    total: int = 0  # copies in the whole output, known after the allocation
+
+    @property
+    def work(self) -> str:
+        """Scratch dir of this write (summaries, spills, default label index); removed when done."""
+        return os.path.join(self.out_dir, f"_work-{self.fingerprint[:16]}")
+
+    @property
+    def config_path(self) -> str:
+        return os.path.join(self.out_dir, CONFIG_NAME)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_weights)
 
     def summary_path(self, s: int) -> str:
         return os.path.join(self.work, f"summary-{s:05d}.npz")
@@ -200,6 +214,97 @@ class _Job:
 
     def attributed(self, scan: ShardScan) -> np.ndarray:
         return weights_lib.attribute_examples(scan.offsets, scan.labels, self.label_weights)
+
+    def summary(self, s: int) -> tuple[np.ndarray, np.ndarray] | int:
+        """Source shard s's input to the allocation: attributed (labels, counts), or its copies for
+        an example plan."""
+        scan = self.scan(s)
+        if self.label_plan is not None:
+            return allocation.shard_summary(self.attributed(scan))
+        return int(allocation.example_copies(scan.ids(), self.example_plan).sum())
+
+    def output_paths(self, num_out: int) -> list[str]:
+        return [os.path.join(self.out_dir, SHARD_NAME.format(k, num_out)) for k in range(num_out)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Allocation:
+    """The global allocation: what every source shard contributes and where output shards split."""
+
+    coo: np.ndarray | None  # [shard; label; draws] in shard order (label plans only)
+    totals: np.ndarray  # copies per source shard
+    realised_plan: plan_lib.LabelPlan | None
+    sizes: np.ndarray  # records per output shard
+    bounds: np.ndarray  # output shard k holds positions [bounds[k], bounds[k + 1])
+
+    @property
+    def total(self) -> int:
+        return int(self.totals.sum())
+
+    @property
+    def bases(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.totals)])
+
+    @property
+    def with_replacement(self) -> bool:
+        return self.realised_plan.with_replacement if self.realised_plan is not None else False
+
+
+def global_allocation(job: Job, summaries: list) -> Allocation:
+    """The allocation from every source shard's `Job.summary`, in shard order."""
+    if job.label_plan is None:
+        coo, totals, realised = None, np.array(summaries, np.int64).reshape(-1), None
+    else:
+        coo, totals, realised = allocation.plan_allocation(job.label_plan, summaries, job.seed)
+    sizes, bounds = allocation.output_bounds(int(totals.sum()), job.records_per_shard)
+    return Allocation(coo, totals, realised, sizes, bounds)
+
+
+@dataclasses.dataclass
+class SelectedShard:
+    """One source shard's copies, sorted by output position, as weighted records."""
+
+    positions: np.ndarray
+    records: list[bytes]
+    stats: dict[str, np.ndarray]  # `allocation.shard_stats`
+
+
+def select_shard(job: Job, alloc: Allocation, s: int) -> SelectedShard:
+    """Source shard s's copies under the allocation: which records, how often, at which positions."""
+    scan = job.scan(s)
+    attributed = job.attributed(scan)
+    if job.label_plan is not None:
+        copies = allocation.shard_copies(
+            alloc.coo, s, attributed, job.num_labels, seed=job.seed, with_replacement=alloc.with_replacement
+        )
+    else:
+        copies = allocation.example_copies(scan.ids(), job.example_plan)
+    if int(copies.sum()) != int(alloc.totals[s]):
+        raise AssertionError(f"shard {s}: {copies.sum()} copies, allocation says {alloc.totals[s]}")
+    weight = weights_lib.example_weights(scan.offsets, scan.labels, job.label_weights, job.rule)
+    record_of_copy, positions = allocation.copy_positions(copies, int(alloc.bases[s]), alloc.total, job.seed)
+    source_records = read_shard(job.source.files[s])
+    chosen = {
+        i: source_records[i]
+        + allocation.weight_suffix(
+            weight[i],
+            None if job.remap is None else job.remap.record_labels(scan.labels[scan.offsets[i] : scan.offsets[i + 1]]),
+        )
+        for i in np.flatnonzero(copies).tolist()
+    }
+    del source_records
+    return SelectedShard(
+        positions,
+        [chosen[i] for i in record_of_copy],
+        allocation.shard_stats(
+            attributed,
+            scan.offsets,
+            scan.labels,
+            copies,
+            job.num_labels,
+            None if job.remap is None else job.remap.index,
+        ),
+    )
 
 
 def _fingerprint(
@@ -222,80 +327,168 @@ def _fingerprint(
     return digest.hexdigest()
 
 
-def _phase_scan(job: _Job, owned: list[int]) -> None:
-    for s in owned:
-        if os.path.exists(job.summary_path(s)):
-            continue
-        scan = job.scan(s)
-        attributed = job.attributed(scan)
-        if job.label_plan is not None:
-            labels, counts = allocation.shard_summary(attributed)
-            _save_npz(job.summary_path(s), labels=labels, counts=counts)
-        else:
-            copies = allocation.example_copies(scan.ids(), job.example_plan)
-            _save_npz(job.summary_path(s), total=np.array(copies.sum()))
+def make_job(
+    source_dir: str,
+    plan: plan_lib.LabelPlan | np.ndarray | Mapping[bytes, int],
+    out_dir: str,
+    *,
+    records_per_shard: int,
+    seed: int,
+    example_weight_rule: str = "max",
+    label_weights: np.ndarray | None = None,
+    label_index_dir: str | None = None,
+    label_remap: huh_subsets.LabelRemap | None = None,
+) -> Job:
+    """Validates a write's inputs (see `write_selected`) and refuses an `out_dir` that holds a
+    partial write of another plan/seed/source."""
+    if records_per_shard <= 0:
+        raise ValueError(f"records_per_shard must be positive, got {records_per_shard}")
+    if example_weight_rule not in weights_lib.EXAMPLE_WEIGHT_RULES:
+        raise ValueError(f"unknown example_weight_rule {example_weight_rule!r}")
+    source = manifest.load_manifest(source_dir, verify=False)
+    raw_manifest = atomic.read_json(os.path.join(source_dir, manifest.MANIFEST_NAME))
+    shas = [entry["sha256"] for entry in raw_manifest["files"]]
 
-
-def _allocation(job: _Job, num_shards: int) -> tuple[np.ndarray | None, np.ndarray, plan_lib.LabelPlan | None]:
-    """(per-shard per-label draws as COO, copies per shard, plan for the attributed counts)."""
-    if job.label_plan is None:
-        totals = np.zeros(num_shards, np.int64)
-        for s in range(num_shards):
-            with np.load(job.summary_path(s)) as z:
-                totals[s] = int(z["total"])
-        return None, totals, None
-    summaries = []
-    for s in range(num_shards):
-        with np.load(job.summary_path(s)) as z:
-            summaries.append((z["labels"], z["counts"]))
-    return allocation.plan_allocation(job.label_plan, summaries, job.seed)
-
-
-def _phase_spill(job: _Job, s: int, coo, base: int, total: int, with_replacement: bool) -> None:
-    blob_path, positions_path, offsets_path, stats_path = job.spill_paths(s)
-    if os.path.exists(stats_path):
-        return
-    scan = job.scan(s)
-    attributed = job.attributed(scan)
-    if job.label_plan is not None:
-        copies = allocation.shard_copies(
-            coo, s, attributed, len(job.label_weights), seed=job.seed, with_replacement=with_replacement
-        )
+    label_plan, example_plan = None, None
+    if isinstance(plan, plan_lib.LabelPlan):
+        label_plan = plan
+    elif isinstance(plan, np.ndarray):
+        label_plan = plan_lib.from_planned(source.label_names, np.asarray(source.label_counts), plan)
     else:
-        copies = allocation.example_copies(scan.ids(), job.example_plan)
-    if int(copies.sum()) != total:
-        raise AssertionError(f"shard {s}: {copies.sum()} copies, allocation says {total}")
-    weight = weights_lib.example_weights(scan.offsets, scan.labels, job.label_weights, job.rule)
-    record_of_copy, positions = allocation.copy_positions(copies, base, job.total, job.seed)
-    source_records = read_shard(job.source.files[s])
-    chosen = {
-        i: source_records[i]
-        + allocation.weight_suffix(
-            weight[i],
-            None if job.remap is None else job.remap.record_labels(scan.labels[scan.offsets[i] : scan.offsets[i + 1]]),
-        )
-        for i in np.flatnonzero(copies).tolist()
-    }
-    del source_records
-    pieces = [chosen[i] for i in record_of_copy]
-    byte_offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces], dtype=np.int64)])
-    atomic.write_bytes(blob_path, b"".join(pieces))
-    _save_npy(positions_path, positions)
-    _save_npy(offsets_path, byte_offsets)
-    _save_npz(
-        stats_path,
-        **allocation.shard_stats(
-            attributed,
-            scan.offsets,
-            scan.labels,
-            copies,
-            len(job.label_weights),
-            None if job.remap is None else job.remap.index,
-        ),
+        example_plan = plan
+    if label_plan is not None and len(label_plan.count) != source.num_labels:
+        raise ValueError(f"plan has {len(label_plan.count)} labels, the source {source.num_labels}")
+    if label_weights is None:
+        use_plan_w = label_plan is not None and label_plan.matcher != "given"
+        label_weights = label_plan.weight if use_plan_w else np.ones(source.num_labels)
+    label_weights = np.asarray(label_weights, np.float64)
+
+    if label_remap is not None and len(label_remap.index) != source.num_labels:
+        raise ValueError(f"label_remap maps {len(label_remap.index)} labels, the source has {source.num_labels}")
+    fingerprint = _fingerprint(
+        source_dir, label_plan, example_plan, label_weights, seed, records_per_shard, example_weight_rule, label_remap
+    )
+    config_path = os.path.join(out_dir, CONFIG_NAME)
+    if os.path.exists(config_path) and atomic.read_json(config_path)["fingerprint"] != fingerprint:
+        raise ValueError(f"{out_dir} holds a write of a different plan/seed/source; remove it to restart")
+    work = os.path.join(out_dir, f"_work-{fingerprint[:16]}")
+    return Job(
+        source,
+        shas,
+        label_plan,
+        example_plan,
+        label_weights,
+        example_weight_rule,
+        int(seed),
+        int(records_per_shard),
+        out_dir,
+        fingerprint,
+        label_index_dir or os.path.join(work, "index"),
+        label_remap,
     )
 
 
-def _phase_assemble(job: _Job, k: int, bounds: np.ndarray, num_sources: int, path: str) -> None:
+def start(job: Job) -> None:
+    """Claims `out_dir` for this write (its fingerprint file; called by one process only)."""
+    os.makedirs(job.out_dir, exist_ok=True)
+    if not os.path.exists(job.config_path):
+        atomic.write_json(
+            job.config_path, {"fingerprint": job.fingerprint, "source_dir": os.path.abspath(job.source.directory)}
+        )
+
+
+def finish(job: Job, alloc: Allocation, stats: list[dict[str, np.ndarray]], sha256s: list[str] | None = None) -> None:
+    """Writes the manifest (last: the shard set is complete from then on), then removes the scratch dir
+    and any temp file a killed write left.
+
+    `stats`: every source shard's `SelectedShard.stats`; `sha256s`: of the output shards when the
+    caller has them (otherwise read back from disk).
+    """
+    out_names = job.source.label_names if job.remap is None else job.remap.names
+    draws, unique, label_copies = (
+        np.sum([st[key] for st in stats], axis=0, dtype=np.int64) if stats else np.zeros(size, np.int64)
+        for key, size in (("draws", job.num_labels), ("unique", job.num_labels), ("label_copies", len(out_names)))
+    )
+    realised_plan = alloc.realised_plan
+    extra = {
+        "fingerprint": job.fingerprint,
+        "seed": job.seed,
+        "records_per_shard": job.records_per_shard,
+        "example_weight_rule": job.rule,
+        "source_dir": os.path.abspath(job.source.directory),
+        "source_records": job.source.num_records,
+        "total_copies": alloc.total,
+        "unique_examples": int(unique.sum()),
+        "realised": {"draws": draws.tolist(), "unique": unique.tolist()},
+    }
+    if realised_plan is not None:
+        extra["plan"] = {
+            **realised_plan.summary(),
+            "count": realised_plan.count.tolist(),
+            "raw_count": realised_plan.raw_count.tolist(),
+            "planned": realised_plan.planned.tolist(),
+            "expected_unique": realised_plan.unique.tolist(),
+        }
+    else:
+        extra["plan"] = {"matcher": "examples", "size": alloc.total}
+    if job.remap is not None:
+        extra["label_remap"] = {"source_label_names": job.source.label_names, "index": job.remap.index.tolist()}
+    manifest.write_manifest(
+        job.out_dir,
+        job.output_paths(len(alloc.sizes)),
+        [int(n) for n in alloc.sizes],
+        out_names,
+        label_copies.tolist(),
+        hierarchy=job.source.hierarchy,
+        extra=extra,
+        sha256s=sha256s,
+    )
+    for name in os.listdir(job.out_dir):  # temp files of writes killed before their rename
+        if name.startswith(SHARD_NAME.split("-")[0]) and ".tmp" in name:
+            os.remove(os.path.join(job.out_dir, name))
+    shutil.rmtree(job.work, ignore_errors=True)
+
+
+def is_complete(job: Job) -> bool:
+    return os.path.exists(os.path.join(job.out_dir, manifest.MANIFEST_NAME))
+
+
+# ----------------------------------------------------------------------------------------------
+# The in-process writer
+
+
+def _phase_scan(job: Job, owned: list[int]) -> None:
+    for s in owned:
+        if os.path.exists(job.summary_path(s)):
+            continue
+        summary = job.summary(s)
+        if job.label_plan is not None:
+            _save_npz(job.summary_path(s), labels=summary[0], counts=summary[1])
+        else:
+            _save_npz(job.summary_path(s), total=np.array(summary))
+
+
+def _load_summaries(job: Job, num_shards: int) -> list:
+    summaries = []
+    for s in range(num_shards):
+        with np.load(job.summary_path(s)) as z:
+            summaries.append((z["labels"], z["counts"]) if job.label_plan is not None else int(z["total"]))
+    return summaries
+
+
+def _phase_spill(job: Job, alloc: Allocation, s: int) -> None:
+    blob_path, positions_path, offsets_path, stats_path = job.spill_paths(s)
+    if os.path.exists(stats_path):
+        return
+    selected = select_shard(job, alloc, s)
+    byte_offsets = np.concatenate([[0], np.cumsum([len(p) for p in selected.records], dtype=np.int64)])
+    atomic.write_bytes(blob_path, b"".join(selected.records))
+    _save_npy(positions_path, selected.positions)
+    _save_npy(offsets_path, byte_offsets)
+    _save_npz(stats_path, **selected.stats)
+
+
+def _phase_assemble(job: Job, k: int, bounds: np.ndarray, num_sources: int, path: str) -> None:
     start, end = int(bounds[k]), int(bounds[k + 1])
     positions, pieces = [], []
     for s in range(num_sources):
@@ -342,129 +535,51 @@ def write_selected(
     same `out_dir` is refused while its partial output exists. `label_remap`: the records and the
     manifest get the coarse labels (the plan and its statistics stay over the source labels).
     """
-    if records_per_shard <= 0:
-        raise ValueError(f"records_per_shard must be positive, got {records_per_shard}")
     if process_index is None or process_count is None:
         import jax
 
         process_index, process_count = jax.process_index(), jax.process_count()
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} outside [0, {process_count})")
-    if example_weight_rule not in weights_lib.EXAMPLE_WEIGHT_RULES:
-        raise ValueError(f"unknown example_weight_rule {example_weight_rule!r}")
-    source = manifest.load_manifest(source_dir, verify=False)
-    raw_manifest = atomic.read_json(os.path.join(source_dir, manifest.MANIFEST_NAME))
-    shas = [entry["sha256"] for entry in raw_manifest["files"]]
-
-    label_plan, example_plan = None, None
-    if isinstance(plan, plan_lib.LabelPlan):
-        label_plan = plan
-    elif isinstance(plan, np.ndarray):
-        label_plan = plan_lib.from_planned(source.label_names, np.asarray(source.label_counts), plan)
-    else:
-        example_plan = plan
-    if label_plan is not None and len(label_plan.count) != source.num_labels:
-        raise ValueError(f"plan has {len(label_plan.count)} labels, the source {source.num_labels}")
-    if label_weights is None:
-        use_plan_w = label_plan is not None and label_plan.matcher != "given"
-        label_weights = label_plan.weight if use_plan_w else np.ones(source.num_labels)
-    label_weights = np.asarray(label_weights, np.float64)
-
-    if label_remap is not None and len(label_remap.index) != source.num_labels:
-        raise ValueError(f"label_remap maps {len(label_remap.index)} labels, the source has {source.num_labels}")
-    fingerprint = _fingerprint(
-        source_dir, label_plan, example_plan, label_weights, seed, records_per_shard, example_weight_rule, label_remap
+    job = make_job(
+        source_dir,
+        plan,
+        out_dir,
+        records_per_shard=records_per_shard,
+        seed=seed,
+        example_weight_rule=example_weight_rule,
+        label_weights=label_weights,
+        label_index_dir=label_index_dir,
+        label_remap=label_remap,
     )
-    os.makedirs(out_dir, exist_ok=True)
-    config_path = os.path.join(out_dir, CONFIG_NAME)
-    if os.path.exists(config_path) and atomic.read_json(config_path)["fingerprint"] != fingerprint:
-        raise ValueError(f"{out_dir} holds a write of a different plan/seed/source; remove it to restart")
     manifest_path = os.path.join(out_dir, manifest.MANIFEST_NAME)
-    if os.path.exists(manifest_path):
+    if is_complete(job):
         return manifest.load_manifest(out_dir, verify=False)
-    if process_index == 0 and not os.path.exists(config_path):
-        atomic.write_json(config_path, {"fingerprint": fingerprint, "source_dir": os.path.abspath(source_dir)})
-    work = os.path.join(out_dir, f"_work-{fingerprint[:16]}")
-    job = _Job(
-        source,
-        shas,
-        label_plan,
-        example_plan,
-        label_weights,
-        example_weight_rule,
-        int(seed),
-        work,
-        label_index_dir or os.path.join(work, "index"),
-        label_remap,
-    )
-    num_sources = len(source.files)
+    if process_index == 0:
+        start(job)
+    num_sources = len(job.source.files)
     owned = list(range(process_index, num_sources, process_count))
 
     _phase_scan(job, owned)
     _wait_for([job.summary_path(s) for s in range(num_sources)], wait_timeout_s)
-    coo, totals, realised_plan = _allocation(job, num_sources)
-    with_replacement = realised_plan.with_replacement if realised_plan is not None else False
-    job.total = int(totals.sum())
-    bases = np.concatenate([[0], np.cumsum(totals)])
+    alloc = global_allocation(job, _load_summaries(job, num_sources))
     for s in owned:
-        _phase_spill(job, s, coo, int(bases[s]), int(totals[s]), with_replacement)
+        _phase_spill(job, alloc, s)
     _wait_for([job.spill_paths(s)[3] for s in range(num_sources)], wait_timeout_s)
 
-    sizes, bounds = allocation.output_bounds(job.total, records_per_shard)
-    num_out = len(sizes)
-    paths = [os.path.join(out_dir, SHARD_NAME.format(k, num_out)) for k in range(num_out)]
+    num_out = len(alloc.sizes)
+    paths = job.output_paths(num_out)
     for k in range(num_out * process_index // process_count, num_out * (process_index + 1) // process_count):
         if not os.path.exists(paths[k]):
-            _phase_assemble(job, k, bounds, num_sources, paths[k])
+            _phase_assemble(job, k, alloc.bounds, num_sources, paths[k])
     _wait_for(paths, wait_timeout_s)
 
     if process_index == 0:
-        _write_manifest(job, out_dir, paths, sizes, realised_plan, fingerprint, records_per_shard)
-        shutil.rmtree(work, ignore_errors=True)
+        stats = []
+        for s in range(num_sources):
+            with np.load(job.spill_paths(s)[3]) as z:
+                stats.append({key: z[key] for key in ("draws", "unique", "label_copies")})
+        finish(job, alloc, stats)
     else:
         _wait_for([manifest_path], wait_timeout_s)
     return manifest.load_manifest(out_dir, verify=False)
-
-
-def _write_manifest(job, out_dir, paths, sizes, realised_plan, fingerprint, records_per_shard) -> None:
-    num_labels = len(job.label_weights)
-    draws, unique = (np.zeros(num_labels, np.int64) for _ in range(2))
-    out_names = job.source.label_names if job.remap is None else job.remap.names
-    label_copies = np.zeros(len(out_names), np.int64)
-    for s in range(len(job.source.files)):
-        with np.load(job.spill_paths(s)[3]) as z:
-            draws += z["draws"]
-            unique += z["unique"]
-            label_copies += z["label_copies"]
-    extra = {
-        "fingerprint": fingerprint,
-        "seed": job.seed,
-        "records_per_shard": int(records_per_shard),
-        "example_weight_rule": job.rule,
-        "source_dir": os.path.abspath(job.source.directory),
-        "source_records": job.source.num_records,
-        "total_copies": int(job.total),
-        "unique_examples": int(unique.sum()),
-        "realised": {"draws": draws.tolist(), "unique": unique.tolist()},
-    }
-    if realised_plan is not None:
-        extra["plan"] = {
-            **realised_plan.summary(),
-            "count": realised_plan.count.tolist(),
-            "raw_count": realised_plan.raw_count.tolist(),
-            "planned": realised_plan.planned.tolist(),
-            "expected_unique": realised_plan.unique.tolist(),
-        }
-    else:
-        extra["plan"] = {"matcher": "examples", "size": int(job.total)}
-    if job.remap is not None:
-        extra["label_remap"] = {"source_label_names": job.source.label_names, "index": job.remap.index.tolist()}
-    manifest.write_manifest(
-        out_dir,
-        paths,
-        [int(n) for n in sizes],
-        out_names,
-        label_copies.tolist(),
-        hierarchy=job.source.hierarchy,
-        extra=extra,
-    )

@@ -1,0 +1,197 @@
+"""The selected-set write as an Apache Beam pipeline: the same bytes as `selection.write`, on any runner.
+
+For a corpus-scale write (tens of millions of copies) on Dataflow, Flink or Spark instead of the
+accelerator hosts. Every rule (allocation, key choice, Feistel positions, output ranges, weights)
+is `selection.allocation`'s via `selection.write`'s `Job`/`global_allocation`/`select_shard`, so
+for the same plan and seed the shards and the manifest are byte-identical to the in-process
+writer's, whatever the runner or worker count. The graph:
+
+  SourceShards -> Scan (per-shard attributed label counts) -> AllSummaries -> Allocate (one global
+  allocation, a side input) ; SourceShards -> Select (each shard's copies keyed by output shard, with
+  their positions) -> GroupByOutputShard -> WriteShard (sorted by position, atomic, sha256) ->
+  WriteManifest (last, once every shard is written).
+
+A killed run leaves whole shard files (each written atomically) and no manifest, so the set is not
+taken as complete; a rerun rewrites the same bytes and then the manifest.
+
+CLI (the planned draws and weights of a plan CSV as `LabelPlan.to_csv` writes it, e.g.
+<workdir>/selected/same.plan.csv, written as a `plan.from_planned` plan):
+  python -m selection.beam_write --source=WORK/data/source --plan_csv=WORK/selected/same.plan.csv \\
+      --out=/tmp/same --records_per_shard=2000 --seed=0 [--runner=DataflowRunner --project=P \\
+      --region=R --temp_location=gs://B/tmp] [--dry_run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+
+import ml_collections
+import numpy as np
+
+from data import atomic, beam_runner, manifest, records
+from selection import huh_subsets, write
+from selection import plan as plan_lib
+
+NAMESPACE = "select"
+
+
+def _counter(name: str):
+    from apache_beam.metrics import Metrics
+
+    return Metrics.counter(NAMESPACE, name)
+
+
+def _summarise(s: int, job: write.Job) -> tuple[int, object]:
+    return s, job.summary(s)
+
+
+def _allocate(summaries: list, job: write.Job) -> write.Allocation:
+    return write.global_allocation(job, [summary for _, summary in sorted(summaries, key=lambda kv: kv[0])])
+
+
+def _select(s: int, job: write.Job, alloc: write.Allocation):
+    """Source shard s's weighted copies as (output shard, (position, record)); its stats on "stats"."""
+    import apache_beam as beam
+
+    selected = write.select_shard(job, alloc, s)
+    read = job.source.record_counts[s]
+    chosen = int(selected.stats["unique"].sum())
+    _counter("examples_read").inc(read)
+    _counter("bytes_read").inc(os.path.getsize(job.source.files[s]))
+    _counter("examples_skipped").inc(read - chosen)  # source examples given no copy
+    shard_of = np.searchsorted(alloc.bounds, selected.positions, side="right") - 1
+    for k, position, record in zip(shard_of.tolist(), selected.positions.tolist(), selected.records, strict=True):
+        yield k, (position, record)
+    yield beam.pvalue.TaggedOutput("stats", selected.stats)
+
+
+def _write_shard(item: tuple[int, Sequence[tuple[int, bytes]]], job: write.Job, alloc: write.Allocation):
+    """Output shard k, ordered by position, written atomically; returns (k, sha256)."""
+    k, copies = item
+    copies = sorted(copies, key=lambda pc: pc[0])
+    start, end = int(alloc.bounds[k]), int(alloc.bounds[k + 1])
+    if [p for p, _ in copies] != list(range(start, end)):
+        raise AssertionError(f"output shard {k}: got {len(copies)} records, expected positions [{start}, {end})")
+    data = b"".join(records.frame_record(record) for _, record in copies)
+    atomic.write_bytes(job.output_paths(len(alloc.sizes))[k], data)
+    _counter("examples_written").inc(len(copies))
+    _counter("bytes_written").inc(len(data))
+    return k, hashlib.sha256(data).hexdigest()
+
+
+def _write_manifest(shas: list, job: write.Job, alloc: write.Allocation, stats: list) -> None:
+    if sorted(k for k, _ in shas) != list(range(len(alloc.sizes))):
+        raise AssertionError(f"{len(shas)} output shards written, expected {len(alloc.sizes)}")
+    write.finish(job, alloc, list(stats), [sha for _, sha in sorted(shas)])
+
+
+def build_pipeline(pipeline, job: write.Job) -> None:
+    """Adds the write of `job` to `pipeline`."""
+    import apache_beam as beam
+
+    shards = pipeline | "SourceShards" >> beam.Create(list(range(len(job.source.files))))
+    alloc = beam.pvalue.AsSingleton(
+        shards
+        | "Scan" >> beam.Map(_summarise, job)
+        | "AllSummaries" >> beam.combiners.ToList()
+        | "Allocate" >> beam.Map(_allocate, job)
+    )
+    selected = (
+        shards
+        | "SpreadShards" >> beam.Reshuffle()
+        | "Select" >> beam.FlatMap(_select, job, alloc).with_outputs("stats", main="copies")
+    )
+    (
+        selected.copies
+        | "GroupByOutputShard" >> beam.GroupByKey()
+        | "WriteShard" >> beam.Map(_write_shard, job, alloc)
+        | "AllShards" >> beam.combiners.ToList()
+        | "WriteManifest" >> beam.Map(_write_manifest, job, alloc, beam.pvalue.AsList(selected.stats))
+    )
+
+
+def write_selected(
+    source_dir: str,
+    plan: plan_lib.LabelPlan | np.ndarray | Mapping[bytes, int],
+    out_dir: str,
+    *,
+    records_per_shard: int,
+    seed: int,
+    example_weight_rule: str = "max",
+    label_weights: np.ndarray | None = None,
+    label_index_dir: str | None = None,
+    label_remap: huh_subsets.LabelRemap | None = None,
+    beam_config: ml_collections.ConfigDict | None = None,
+    dry_run: bool = False,
+) -> manifest.ShardSet | None:
+    """`selection.write.write_selected` as a Beam job on `beam_config`'s runner (default: local).
+
+    Returns the manifest (None for a dry run). A complete `out_dir` is returned as is.
+    """
+    job = write.make_job(
+        source_dir,
+        plan,
+        out_dir,
+        records_per_shard=records_per_shard,
+        seed=seed,
+        example_weight_rule=example_weight_rule,
+        label_weights=label_weights,
+        label_index_dir=label_index_dir,
+        label_remap=label_remap,
+    )
+    if write.is_complete(job):
+        return manifest.load_manifest(out_dir, verify=False)
+    if not dry_run:
+        write.start(job)
+    counters = beam_runner.run(
+        lambda p: build_pipeline(p, job), beam_config or beam_runner.default_config(), name="select", dry_run=dry_run
+    )
+    if counters is None:
+        return None
+    return manifest.load_manifest(out_dir, verify=False)
+
+
+def load_plan_csv(path: str, source: manifest.ShardSet) -> tuple[np.ndarray, np.ndarray]:
+    """(planned draws, weight) per source label from a plan CSV (`LabelPlan.to_csv`)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = {row["label"]: (float(row["planned"]), float(row["weight"])) for row in csv.DictReader(handle)}
+    missing = [name for name in source.label_names if name not in rows]
+    if missing:
+        raise ValueError(f"{path}: no row for source labels {missing[:5]}")
+    planned, weight = np.array([rows[name] for name in source.label_names], np.float64).T
+    return planned, weight
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m selection.beam_write", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", required=True, help="source shard-set directory")
+    parser.add_argument("--plan_csv", required=True, help="plan CSV (LabelPlan.to_csv): the planned draws per label")
+    parser.add_argument("--out", required=True, help="output shard-set directory")
+    parser.add_argument("--records_per_shard", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--example_weight_rule", default="max")
+    beam_runner.add_arguments(parser)
+    args = parser.parse_args(argv)
+    planned, weight = load_plan_csv(args.plan_csv, manifest.load_manifest(args.source, verify=False))
+    shard_set = write_selected(
+        args.source,
+        planned,
+        args.out,
+        label_weights=weight,
+        records_per_shard=args.records_per_shard,
+        seed=args.seed,
+        example_weight_rule=args.example_weight_rule,
+        beam_config=beam_runner.config_from_args(args),
+        dry_run=args.dry_run,
+    )
+    if shard_set is not None:
+        print(f"{shard_set.directory}: {shard_set.num_records} records in {len(shard_set.files)} shards")
+
+
+if __name__ == "__main__":
+    main()
