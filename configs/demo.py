@@ -106,6 +106,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.selection.size = 60 if tiny else 12000
     c.selection.records_per_shard = 100 if tiny else 2000
     c.selection.hierarchy.ancestors = ("greek",)  # script -> group -> character
+    # The comparison methods' helper networks (domain classifier, k-means feature extractor) see the
+    # glyphs at their rendered 32 px; tiny: a few steps, as every other run of the tiny flow.
+    for name in ("domain_classifier", "kmeans"):
+        helper = c.selection[name].helper
+        helper.train.image_size = helper.model.image_size = 32
+        if tiny:
+            helper.train.steps, helper.train.warmup_steps = 6, 1
+            helper.train.global_batch_size, helper.train.eval_batch_size = 16, 32
+            helper.train.checkpoint_every_steps, helper.train.log_every_steps = 6, 3
+            helper.model.stage_filters = (8, 16)
+            c.selection[name].batch_size = 32
+    c.selection.emd.batch_size = 32 if tiny else 256
 
     c.finetune = trainer_config.finetune_config()
     c.finetune.global_batch_size = 16 if tiny else 32

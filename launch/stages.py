@@ -94,16 +94,23 @@ def stage_pretrain_source(config: ml_collections.ConfigDict, ws: Workspace) -> d
     return _pretrain(config, ws, ENTIRE_SOURCE, ws.source)
 
 
-def stage_weights(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
-    """Pt from the entire-source model's predictions on target TRAIN images (labels unused)."""
-    from data import pipeline
+def _entire_source_model(config: ml_collections.ConfigDict, ws: Workspace) -> tuple:
+    """(model, variables) of the entire-source pre-training, for inference."""
     from models import registry
-    from selection import weights
     from trainer import checkpoint
 
     source = manifest.load_manifest(ws.source, verify=False)  # label names/counts only
     model = registry.build_model(_model_config(config, source.num_labels))
-    variables = checkpoint.load_variables(ws.pretrain(ENTIRE_SOURCE), use_ema=config.pretrain.eval_with_ema)
+    return model, checkpoint.load_variables(ws.pretrain(ENTIRE_SOURCE), use_ema=config.pretrain.eval_with_ema)
+
+
+def stage_weights(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
+    """Pt from the entire-source model's predictions on target TRAIN images (labels unused)."""
+    from data import pipeline
+    from selection import weights
+
+    source = manifest.load_manifest(ws.source, verify=False)  # label names/counts only
+    model, variables = _entire_source_model(config, ws)
 
     def apply_fn(variables, images):
         return model.apply(variables, images, train=False)["logits"]
@@ -149,6 +156,7 @@ def _write_selected(config: ml_collections.ConfigDict, ws: Workspace, selection,
         "example_weight_rule": config.selection.example_weight_rule,
         "label_weights": selection.label_weights,
         "label_index_dir": ws.source_label_index,  # shared by all methods
+        "label_remap": selection.label_remap,
     }
     if config.selection.writer == "inprocess":
         return write.write_selected(ws.source, selection.plan, out_dir, **kwargs)
@@ -178,7 +186,11 @@ def stage_select(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
             params=config.selection[name],
             source_dir=ws.source,
             scratch_dir=ws.selection_scratch(name),
+            target_dir=ws.target("train"),
+            seed=config.seed,
+            source_model=lambda: (*_entire_source_model(config, ws), int(config.model.image_size)),
         )
+        start = time.time()
         selection = method.plan(context)
         label_plan = selection.plan if isinstance(selection.plan, plan_lib.LabelPlan) else None
         if label_plan is not None:
@@ -189,7 +201,9 @@ def stage_select(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
             stats.write_tables(table, ws.selection_stats(name))
             summary[name] = {"records": shard_set.num_records, **stats.totals(table)}
         else:
-            summary[name] = {"records": shard_set.num_records}
+            summary[name] = {"records": shard_set.num_records, "unique": shard_set.extra["unique_examples"]}
+        # what the report's comparison shows: scoring cost (images forwarded), held-out accuracy, ...
+        summary[name].update(selection.info, wall_s=round(time.time() - start, 1))
     if iw is not None:
         stats.plot_weights(iw.w, iw.label_names, ws.importance_weights_png, top=config.report.plot_top_labels)
     return summary

@@ -174,6 +174,28 @@ def _check_beam(config: ml_collections.ConfigDict, prefix: str) -> None:
         raise ConfigError(str(err)) from None
 
 
+def _method_param_rules() -> dict[str, Rule]:
+    """Rules for the parameters the comparison methods share names for (selection.methods)."""
+    return {
+        "batch_size": int_at_least(1),
+        "gamma": number_above(0),
+        "classifier": one_of(("cnn", "logistic")),
+        "holdout_fraction": fraction(open_low=True),
+        "C": number_above(0),
+        "n_clusters": int_at_least(1),
+        "aggregate": one_of(("min", "mean")),
+        "p": number_at_least(1),
+        "per_class": int_at_least(0),
+        "num_classes": int_at_least(0),
+        "coarsen": one_of(("none", "depth", "bottom_up")),
+        "coarsen_depth": int_at_least(0),
+        "coarsen_iterations": int_at_least(0),
+        "split": one_of(("none", "random", "minimal")),
+        "split_depth": int_at_least(0),
+        "split_part": one_of(("A", "B")),
+    }
+
+
 def _check_selection(config: ml_collections.ConfigDict) -> None:
     """`selection.methods` and each selected method's parameters, against the registry (selection.methods)."""
     from selection import methods as methods_lib
@@ -208,9 +230,15 @@ def _check_selection(config: ml_collections.ConfigDict) -> None:
             )
         if "top_k" in config.selection[name]:
             rules[f"selection.{name}.top_k"] = int_at_least(0)
+        for field, rule in _method_param_rules().items():
+            if field in config.selection[name]:
+                rules[f"selection.{name}.{field}"] = rule
     _check(config, rules)
     if config.selection.writer == "beam":
         _check_beam(config, "selection.beam")
+    for name in methods:
+        if "helper" in config.selection[name]:  # a helper network's trainer config (selection.example_level)
+            _check_trainer(config, f"selection.{name}.helper.train", 1)
     if "hierarchy" in methods:
         ancestors = config.selection.hierarchy.ancestors
         if not isinstance(ancestors, (tuple, list)) or not ancestors or not all(isinstance(a, str) for a in ancestors):

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import ml_collections
 import numpy as np
 
 from data import beam_runner
+from selection import example_level, huh_subsets
 from selection import plan as plan_lib
 from selection import weights as weights_lib
 
@@ -45,6 +46,10 @@ class PlanContext:
     params: ml_collections.ConfigDict
     source_dir: str = ""  # example-level methods read the source records here
     scratch_dir: str = ""  # and may keep their scores here (resumable passes)
+    target_dir: str = ""  # the target's training shard set (helper networks, target features)
+    seed: int = 0
+    # () -> (model, variables, image size) of the entire-source model, for methods on its features
+    source_model: Callable[[], tuple[Any, dict, int]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +62,8 @@ class Selection:
 
     plan: plan_lib.LabelPlan | Mapping[bytes, int]
     label_weights: np.ndarray | None = None
+    label_remap: huh_subsets.LabelRemap | None = None  # train on coarser labels (the writer applies it)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)  # for the report: scoring_images, ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,4 +196,189 @@ register(
         weighted_loss=True,
         sized=False,
     )
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Methods from the other papers. The example-level ones score every source example in one streaming
+# pass (selection.scoring) and keep selection.size examples, each once (selection.example_level).
+
+
+def _source_model(context: PlanContext, name: str) -> tuple[Any, dict, int]:
+    if context.source_model is None:
+        raise ValueError(f"selection method {name!r} needs the entire-source model (the pretrain_source stage)")
+    return context.source_model()
+
+
+def _subset_of(context: PlanContext, planned: np.ndarray, **kwargs) -> Selection:
+    """A label-level subset (each image at most once), attributed to its chosen labels."""
+    plan = plan_lib.from_planned(context.label_names, context.counts, planned, with_replacement=False)
+    return Selection(plan, label_weights=(np.asarray(planned) > 0).astype(np.float64), **kwargs)
+
+
+def _emd(context: PlanContext) -> Selection:
+    p = context.params
+    planned, info = example_level.emd_labels(
+        context.source_dir,
+        context.target_dir,
+        context.scratch_dir,
+        feature_model=_source_model(context, "emd"),
+        top_k=int(p.top_k),
+        size=0 if p.top_k else context.size,
+        gamma=float(p.gamma),
+        batch_size=int(p.batch_size),
+    )
+    return _subset_of(context, planned, info=info)
+
+
+def _domain_classifier(context: PlanContext) -> Selection:
+    p = context.params
+    if p.classifier == "cnn":
+        result = example_level.domain_classifier_cnn(
+            context.source_dir,
+            context.target_dir,
+            context.scratch_dir,
+            size=context.size,
+            helper=example_level.helper_from(p.helper),
+            holdout_fraction=float(p.holdout_fraction),
+            batch_size=int(p.batch_size),
+            seed=context.seed,
+        )
+    else:
+        result = example_level.domain_classifier_logistic(
+            context.source_dir,
+            context.target_dir,
+            context.scratch_dir,
+            size=context.size,
+            feature_model=_source_model(context, "domain_classifier"),
+            C=float(p.C),
+            batch_size=int(p.batch_size),
+            seed=context.seed,
+        )
+    return Selection(result.plan, info=result.info)
+
+
+def _kmeans(context: PlanContext) -> Selection:
+    p = context.params
+    result = example_level.kmeans_filter(
+        context.source_dir,
+        context.target_dir,
+        context.scratch_dir,
+        size=context.size,
+        helper=example_level.helper_from(p.helper),
+        n_clusters=int(p.n_clusters),
+        aggregate=str(p.aggregate),
+        p=float(p.p),
+        batch_size=int(p.batch_size),
+        seed=context.seed,
+    )
+    return Selection(result.plan, info=result.info)
+
+
+def _random(context: PlanContext) -> Selection:
+    result = example_level.random_examples(
+        context.source_dir, context.scratch_dir, size=context.size, seed=context.seed
+    )
+    return Selection(result.plan, info=result.info)
+
+
+def _huh(context: PlanContext) -> Selection:
+    from data import manifest
+
+    p = context.params
+    target = manifest.load_manifest(context.target_dir, verify=False) if p.remove_target_overlap else None
+    planned, remap = huh_subsets.subset(
+        context.label_names,
+        context.hierarchy,
+        context.counts,
+        per_class=int(p.per_class),
+        num_classes=int(p.num_classes),
+        coarsen=str(p.coarsen),
+        coarsen_depth=int(p.coarsen_depth),
+        coarsen_iterations=int(p.coarsen_iterations),
+        split=str(p.split),
+        split_depth=int(p.split_depth),
+        split_part=str(p.split_part),
+        remove_target_overlap=bool(p.remove_target_overlap),
+        remove_labels=tuple(p.remove_labels),
+        target_label_names=target.label_names if target else None,
+        target_hierarchy=target.hierarchy if target else None,
+        seed=context.seed,
+    )
+    labels = len(remap.names) if remap else int(np.sum(planned > 0))
+    return _subset_of(context, planned, label_remap=remap, info={"pretraining_labels": labels})
+
+
+def _emd_defaults() -> ml_collections.ConfigDict:
+    # top_k 0: the most similar labels, whole, until selection.size examples (the last one partly)
+    return ml_collections.ConfigDict({"top_k": 0, "gamma": 0.01, "batch_size": 256})
+
+
+def _domain_classifier_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "classifier": "cnn",  # "cnn" (Algorithm 2) | "logistic" (on the entire-source model's features)
+            "holdout_fraction": 0.2,  # of each domain, for the classifier's held-out accuracy
+            "C": 1.0,  # logistic only: inverse regularisation
+            "batch_size": 256,  # scoring pass
+            "helper": example_level.helper_config(),  # the CNN: trainer config + model (small_cnn)
+        }
+    )
+
+
+def _kmeans_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "n_clusters": 10,
+            "aggregate": "min",  # "min" (Eqn. 3) | "mean" (Eqn. 2)
+            "p": 2.0,  # L_p distance (1 or 2)
+            "batch_size": 256,
+            "helper": example_level.helper_config(),  # feature extractor trained on the target's labels
+        }
+    )
+
+
+def _huh_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "per_class": 0,  # at most this many images per label (0: all)
+            "num_classes": 0,  # this many random labels (0: all)
+            "coarsen": "depth",  # "none" | "depth" (top-down) | "bottom_up": the labels trained on
+            "coarsen_depth": 1,  # depth: labels -> their ancestor at this depth (roots are 0)
+            "coarsen_iterations": 1,  # bottom_up: merges of leaf siblings into their parent
+            "split": "none",  # "none" | "random" | "minimal" (no shared ancestor to split_depth)
+            "split_depth": 0,
+            "split_part": "A",  # the side kept: "A" | "B"
+            "remove_target_overlap": False,  # drop source labels that are the target's
+            "remove_labels": (),  # and these labels or ancestors
+        }
+    )
+
+
+register(
+    Method("emd", "EMD domain similarity, top labels (Cui et al.)", "label", _emd_defaults, _emd, needs_weights=False)
+)
+register(
+    Method(
+        "domain_classifier",
+        "Domain classifier, top N (Chakraborty et al.)",
+        "example",
+        _domain_classifier_defaults,
+        _domain_classifier,
+        needs_weights=False,
+    )
+)
+register(
+    Method(
+        "kmeans",
+        "k-means filtering, nearest N (Chakraborty et al.)",
+        "example",
+        _kmeans_defaults,
+        _kmeans,
+        needs_weights=False,
+    )
+)
+register(Method("random", "Random N examples", "example", _params(), _random, needs_weights=False))
+register(
+    Method("huh", "Huh et al. subset (coarse labels)", "label", _huh_defaults, _huh, needs_weights=False, sized=False)
 )

@@ -1,0 +1,89 @@
+"""The comparison methods (emd, domain_classifier, kmeans, random, huh) as pipeline methods: their
+parameters are validated before any compute, and the tiny flow writes a shard set for all eleven."""
+
+import os
+import re
+
+import pytest
+
+from configs import demo
+from data import manifest
+from launch import config_cli, stages, validate
+from launch.workdir import Workspace
+from selection import methods
+
+ALL = (
+    "same",
+    "elastic",
+    "uniform",
+    "reverse",
+    "hierarchy",
+    "weighted_loss",
+    "emd",
+    "domain_classifier",
+    "kmeans",
+    "random",
+    "huh",
+)
+
+
+def test_every_method_name_of_the_issue_is_registered_with_its_level():
+    assert methods.names() == ALL
+    levels = {name: methods.get(name).level for name in ALL}
+    assert [n for n in ALL if levels[n] == "example"] == ["domain_classifier", "kmeans", "random"]
+    assert not methods.get("huh").sized and methods.get("emd").sized
+    config = demo.get_config("tiny")
+    config.selection.methods = ALL
+    validate.check_config(config)  # the working defaults pass
+
+
+@pytest.mark.parametrize(
+    "method, change, key",
+    [
+        ("kmeans", {"aggregate": "median"}, "selection.kmeans.aggregate"),
+        ("kmeans", {"n_clusters": 0}, "selection.kmeans.n_clusters"),
+        ("kmeans", {"p": 0.5}, "selection.kmeans.p"),
+        ("domain_classifier", {"classifier": "svm"}, "selection.domain_classifier.classifier"),
+        ("domain_classifier", {"holdout_fraction": 1.0}, "selection.domain_classifier.holdout_fraction"),
+        ("emd", {"gamma": 0.0}, "selection.emd.gamma"),
+        ("huh", {"coarsen": "sideways"}, "selection.huh.coarsen"),
+        ("huh", {"split": "half"}, "selection.huh.split"),
+        ("huh", {"split_part": "C"}, "selection.huh.split_part"),
+    ],
+)
+def test_bad_method_parameters_stop_before_any_compute(method, change, key):
+    config = demo.get_config("tiny")
+    config.selection.methods = (method,)
+    config.selection[method].update(change)
+    with pytest.raises(config_cli.ConfigError, match=re.escape(f"'{key}'")):
+        validate.check_config(config)
+
+
+def test_a_helper_networks_trainer_config_is_validated():
+    config = demo.get_config("tiny")
+    config.selection.methods = ("kmeans",)
+    config.selection.kmeans.helper.train.optimizer = "sgdd"
+    with pytest.raises(config_cli.ConfigError, match=re.escape("'selection.kmeans.helper.train.optimizer'")):
+        validate.check_config(config)
+
+
+@pytest.mark.slow
+def test_tiny_flow_writes_a_shard_set_for_all_eleven_methods(tmp_path):
+    config = demo.get_config("tiny")
+    config.selection.methods = ALL
+    summaries = stages.run_pipeline(config, str(tmp_path), ["prepare", "pretrain_source", "weights", "select"])
+    ws = Workspace(str(tmp_path))
+    select = summaries["select"]
+    for name in ALL:
+        shard_set = manifest.load_manifest(ws.selected(name))
+        assert shard_set.num_records > 0, name
+        if methods.get(name).sized and name != "same":  # same draws with replacement: 60 draws
+            assert shard_set.extra["unique_examples"] == config.selection.size, name
+    for name in ("domain_classifier", "kmeans"):
+        assert select[name]["scoring_images"] >= 296  # the whole source forwarded once
+        assert os.path.exists(os.path.join(ws.selection_scratch(name), "scores"))
+    assert 0.0 <= select["domain_classifier"]["heldout_accuracy"] <= 1.0
+    assert select["random"]["scoring_images"] == 0
+    huh = manifest.load_manifest(ws.selected("huh"))
+    assert huh.label_names == ["latin_upper", "greek_lower", "digit", "math"]  # merged to depth 1
+    assert select["huh"]["pretraining_labels"] == 4
