@@ -10,6 +10,11 @@ Every stage writes only under its own folder, and a stage is complete when its m
   selected/<method>/                      weighted TFRecord shards + manifest (select)
   selected/<method>.plan.csv, .stats.*    the plan and Table-5 statistics of each method (select)
   selected/_scratch/<method>/             a method's intermediate files, e.g. per-example scores (select)
+    .../scores/scores-<shard>.npz         per-example scores and ids of one source shard (selection.scoring)
+    .../label_sums/label_sums-<shard>.npz per-label feature sums of one source shard (emd)
+    .../domain_data/{train,heldout}/      the domain classifier's target-vs-source sets
+    .../classifier/, .../extractor/       the helper networks' trainer work dirs
+    .../result.json                       the method's selection (ids or planned draws) and its costs
   finetune/<choice>/seed_<s>/             fine-tuning runs and their test metrics (finetune)
   finetune/results.json                   test metrics of every fine-tuning run (finetune)
   report.md, report.csv, *.png            the report (report)

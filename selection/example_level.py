@@ -84,8 +84,18 @@ def _records(path: str) -> list[records.Example]:
     return [records.decode_example(r) for r in records.iter_records(path)]
 
 
+def _is_writer() -> bool:
+    """Files every process would write alike are written by process 0; the others wait for them."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def _write_set(directory: str, examples: list[records.Example], label_names: list[str]) -> None:
     """One-shard set; the manifest goes last, so an existing manifest means a complete set."""
+    if not _is_writer():
+        scoring.wait_for([os.path.join(directory, manifest.MANIFEST_NAME)])
+        return
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "data-00000-of-00001.tfrecord")
     records.write_tfrecord(path, [records.encode_example(e) for e in examples])
@@ -159,7 +169,8 @@ def _cached(work_dir: str, compute) -> ExampleSelection:
         raw = atomic.read_json(path)
         return ExampleSelection({bytes.fromhex(k): 1 for k in raw["selected"]}, raw["info"])
     result = compute()
-    atomic.write_json(path, {"selected": sorted(k.hex() for k in result.plan), "info": result.info})
+    if _is_writer():
+        atomic.write_json(path, {"selected": sorted(k.hex() for k in result.plan), "info": result.info})
     return result
 
 
@@ -379,5 +390,6 @@ def emd_labels(
         "labels_chosen": int(np.sum(planned > 0)),
         "top_labels": [[source.label_names[i], float(sims[i])] for i in order],
     }
-    atomic.write_json(path, {"planned": planned.tolist(), "info": info})
+    if _is_writer():
+        atomic.write_json(path, {"planned": planned.tolist(), "info": info})
     return planned, info

@@ -106,13 +106,14 @@ def _process_split(process_index: int | None, process_count: int | None) -> tupl
     return process_index, process_count
 
 
-def _wait_for(paths: list[str], timeout_s: float) -> None:
+def wait_for(paths: list[str], timeout_s: float = 24 * 3600.0) -> None:
+    """Polls until every path exists (files another process writes to the shared work dir)."""
     deadline = time.monotonic() + timeout_s
     pending = [p for p in paths if not os.path.exists(p)]
     delay = 0.05
     while pending:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s:.0f}s for {len(pending)} score file(s), e.g. {pending[0]}")
+            raise TimeoutError(f"waited {timeout_s:.0f}s for {len(pending)} file(s), e.g. {pending[0]}")
         time.sleep(delay)
         delay = min(delay * 1.5, 2.0)
         pending = [p for p in pending if not os.path.exists(p)]
@@ -134,7 +135,7 @@ def _sharded_pass(
     for s in range(pindex, len(source.files), pcount):
         if not os.path.exists(paths[s]):
             _save_npz(paths[s], **per_shard(source.files[s]))
-    _wait_for(paths, wait_timeout_s)
+    wait_for(paths, wait_timeout_s)
     return paths
 
 
