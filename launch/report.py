@@ -1,12 +1,14 @@
-"""The job's report: tables shaped like Ngiam et al.'s Table 3 and Table 5, and Figure 1's plot.
+"""The job's report: tables shaped like Ngiam et al.'s Tables 3 and 5, Figures 1 and 2.
 
-report.md  - results per pre-training choice (mean and spread over fine-tuning seeds), the top source
-             labels by importance weight with their sample rates per matcher, selection totals
-report.csv - one row per pre-training choice: pretraining_data, target, top1_mean, top1_std,
+report.md  - results per pre-training choice (mean and spread over fine-tuning seeds; Table 3 holds each
+             method at selection.size), accuracy against selected-set size (with selection.sizes), the
+             top and bottom source labels by importance weight with the sample rates each method wrote,
+             selection totals
+report.csv - one row per pre-training choice (every size): pretraining_data, target, top1_mean, top1_std,
              mean_per_class_mean, mean_per_class_std, seeds, and the comparison's cost columns:
              unique_examples, images_seen (pre-training steps x batch), scoring_images (images
              forwarded to select), select_wall_s, pretrain_wall_s
-importance_weights.png (written by the select stage), results.png
+importance_weights.png (written by the select stage), results.png, accuracy_vs_size.png
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np  # noqa: E402
 from data import atomic  # noqa: E402
 from launch import workdir  # noqa: E402
 from selection import methods  # noqa: E402
+from selection import weights as weights_lib  # noqa: E402
 
 CSV_COLUMNS = (
     "pretraining_data",
@@ -97,7 +100,7 @@ def cost_fields(choice: str, ws: workdir.Workspace, select_summary: dict) -> dic
     return fields
 
 
-def _read_plan(path: str) -> dict[str, dict]:
+def _read_stats(path: str) -> dict[str, dict]:
     with open(path, newline="") as handle:
         return {row["label"]: row for row in csv.DictReader(handle)}
 
@@ -121,46 +124,110 @@ def _plot_results(rows: list[dict], path: str) -> None:
     atomic.write_bytes(path, buffer.getvalue())
 
 
+def _plot_accuracy_vs_size(points: dict[str, list[dict]], baselines: list[dict], path: str) -> None:
+    """Figure 2's shape: target top-1 against selected-set size, one line per method."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for method, rows in points.items():
+        rows = sorted(rows, key=lambda r: r["size"])
+        ax.errorbar(
+            [r["size"] for r in rows],
+            [r["top1_mean"] for r in rows],
+            yerr=[r["top1_std"] for r in rows],
+            marker="o",
+            capsize=3,
+            label=row_title(method),
+        )
+    for row, style in zip(baselines, ("--", ":"), strict=False):
+        ax.axhline(row["top1_mean"], linestyle=style, color="grey", label=row_title(row["pretraining_data"]))
+    ax.set_xlabel("selected pre-training examples")
+    ax.set_ylabel("target top-1 accuracy (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic.write_bytes(path, buffer.getvalue())
+
+
+def _label_table(config: ml_collections.ConfigDict, ws: workdir.Workspace, choices: list[str]) -> list[str]:
+    """Table 5's shape: the top and bottom source labels by w, with the sample rates each choice wrote.
+
+    w and Pt come from weights.json (the one w of the job); a rate is realised draws / examples the
+    label's plan drew from, as the writer counted the copies it wrote (`selection.stats`).
+    """
+    iw = weights_lib.ImportanceWeights.read(ws.weights_json)
+    stats = {c: _read_stats(ws.selection_stats_csv(c)) for c in choices}
+    present = [i for i, name in enumerate(iw.label_names) if name not in iw.excluded]
+    by_w = sorted(present, key=lambda i: -iw.w[i])
+    k = config.report.top_labels
+    top, bottom = by_w[:k], [i for i in by_w[-k:] if i not in by_w[:k]]
+    header = ["#", "Source label", "# Examples", "Pt", "w = Pt/Ps", *[f"Sample rate ({c})" for c in choices]]
+    rows = []
+    for i in [*top, *bottom]:
+        name = iw.label_names[i]
+        rank = by_w.index(i) + 1
+        count = next(iter(stats.values()))[name]["source_count"] if stats else ""
+        rates = [f"{100 * float(stats[c][name]['realised_rate'] or 0):.2f}%" for c in choices]
+        rows.append([str(rank), name, str(count), f"{iw.pt[i]:.4g}", f"{iw.w[i]:.6g}", *rates])
+        if i == top[-1] and bottom:
+            rows.append(["...", "", "", "", "", *["" for _ in choices]])
+    return [
+        f"Top {len(top)} and bottom {len(bottom)} of {len(present)} source labels by importance weight; "
+        "sample rate = copies written / examples of the label (realised, from the written shard sets).",
+        "",
+        _markdown_table(header, rows),
+    ]
+
+
 def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> dict:
-    """Builds report.md / report.csv / results.png from the finetune, weights and select outputs."""
+    """Builds report.md / report.csv / results.png (and accuracy_vs_size.png) from the stage outputs."""
     results = atomic.read_json(ws.finetune_results)
     target = config.data.target_name
+    choices = {c.name: c for c in workdir.selection_choices(config)}
     order = [c for c in workdir.pretraining_choices(config) if c in results]  # JSON keys come back sorted
-    rows = results_rows({c: results[c] for c in order}, target)
-    select_marker = ws.marker("select")
-    select_summary = atomic.read_json(select_marker)["summary"] if os.path.exists(select_marker) else {}
-    for row in rows:
+    all_rows = results_rows({c: results[c] for c in order}, target)
+    select_summary = atomic.read_json(ws.marker("select"))["summary"] if os.path.exists(ws.marker("select")) else {}
+    for row in all_rows:
         row.update(cost_fields(row["pretraining_data"], ws, select_summary))
+    rows = [r for r in all_rows if r["pretraining_data"] not in choices or choices[r["pretraining_data"]].main]
 
     csv_buffer = io.StringIO()
     writer = csv.DictWriter(csv_buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for row in rows:
+    for row in all_rows:
         writer.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in row.items()})
     atomic.write_text(ws.report_csv, csv_buffer.getvalue())
     _plot_results(rows, ws.results_png)
 
-    weights_info = atomic.read_json(ws.weights_json)
-    w = np.asarray(weights_info["w"])
-    names = weights_info["label_names"]
-    methods = [m for m in config.selection.methods if os.path.exists(ws.plan_csv(m))]
-    plans = {m: _read_plan(ws.plan_csv(m)) for m in methods}
-    top = np.argsort(-w)[: config.report.top_labels]
-    label_rows = []
-    for rank, i in enumerate(top, start=1):
-        name = names[i]
-        count = next(iter(plans.values()))[name]["count"] if plans else ""
-        rates = [
-            f"{100 * float(plans[m][name]['planned']) / max(float(plans[m][name]['count']), 1):.2f}%" for m in methods
+    size_section: list[str] = []
+    if config.selection.sizes:
+        points: dict[str, list[dict]] = {}
+        for r in all_rows:
+            choice = choices.get(r["pretraining_data"])
+            if choice is not None and choice.size:
+                points.setdefault(choice.method, []).append({**r, "size": choice.size})
+        baselines = [r for r in rows if r["pretraining_data"] in (workdir.ENTIRE_SOURCE, workdir.RANDOM_INIT)]
+        _plot_accuracy_vs_size(points, baselines, ws.accuracy_vs_size_png)
+        size_rows = [
+            [row_title(m), str(p["size"]), f"{p['top1_mean']:.2f} ± {p['top1_std']:.2f}"]
+            for m, ps in points.items()
+            for p in sorted(ps, key=lambda p: p["size"])
         ]
-        label_rows.append([str(rank), name, str(count), f"{weights_info['pt'][i]:.4f}", f"{w[i]:.3f}", *rates])
+        size_section = [
+            "## Accuracy against selected-set size (Figure 2's shape)",
+            "",
+            _markdown_table(["Method", "Selected examples", "Top-1 (%)"], size_rows),
+            "",
+            "Same source model and weights for every size. ![accuracy vs size](accuracy_vs_size.png)",
+            "",
+        ]
 
-    stats_lines = []
-    for m in methods:
-        marker = ws.marker("select")
-        if os.path.exists(marker):
-            summary = atomic.read_json(marker)["summary"].get(m, {})
-            stats_lines.append(f"- **{m}**: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    rate_choices = [c for c, choice in choices.items() if choice.main and os.path.exists(ws.selection_stats_csv(c))]
+    stats_lines = [
+        f"- **{c}**: " + ", ".join(f"{k} {v}" for k, v in select_summary[c].items())
+        for c in choices
+        if c in select_summary
+    ]
 
     md = [
         f"# Target-conditioned pre-training report: {target}",
@@ -215,12 +282,10 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
         "Every pre-trained row runs the same number of steps at the same batch (images seen); scoring "
         "cost counts the images a method forwards through its own networks to choose its data.",
         "",
-        "## Top source labels by importance weight (Table 5's shape)",
+        *size_section,
+        "## Source labels by importance weight (Table 5's shape)",
         "",
-        _markdown_table(
-            ["#", "Source label", "# Examples", "Pt", "w = Pt/Ps", *[f"Sample rate ({m})" for m in methods]],
-            label_rows,
-        ),
+        *_label_table(config, ws, rate_choices),
         "",
         "## Selected datasets",
         "",
@@ -232,4 +297,4 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
         "",
     ]
     atomic.write_text(ws.report_md, "\n".join(md))
-    return {r["pretraining_data"]: round(r["top1_mean"], 2) for r in rows}
+    return {r["pretraining_data"]: round(r["top1_mean"], 2) for r in all_rows}

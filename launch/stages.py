@@ -14,7 +14,14 @@ import numpy as np
 
 from data import atomic, manifest
 from launch import config_cli, report
-from launch.workdir import ENTIRE_SOURCE, RANDOM_INIT, STAGE_NAMES, Workspace, pretraining_choices
+from launch.workdir import (
+    ENTIRE_SOURCE,
+    RANDOM_INIT,
+    STAGE_NAMES,
+    Workspace,
+    pretraining_choices,
+    selection_choices,
+)
 from selection import methods as methods_lib
 from selection import plan as plan_lib
 
@@ -66,23 +73,25 @@ def stage_prepare(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     return summary
 
 
-def pretrain_run_config(config: ml_collections.ConfigDict, choice: str) -> ml_collections.ConfigDict:
-    """The trainer config of one pre-training run: the loss is weighted only for a weighted-view method.
+def pretrain_run_config(config: ml_collections.ConfigDict, method: str | None) -> ml_collections.ConfigDict:
+    """The trainer config of one pre-training run (`method` None: the entire source).
 
     Resampled (or subset) shards already follow the selection; weighting their loss too would apply
     w twice. Only a method whose shards are the source with weights (`weighted_loss`) weights it.
     """
     run_config = ml_collections.ConfigDict(config.pretrain.to_dict())
-    run_config.use_example_weights = choice != ENTIRE_SOURCE and methods_lib.get(choice).weighted_loss
+    run_config.use_example_weights = method is not None and methods_lib.get(method).weighted_loss
     return run_config
 
 
-def _pretrain(config: ml_collections.ConfigDict, ws: Workspace, choice: str, train_dir: str) -> dict:
+def _pretrain(
+    config: ml_collections.ConfigDict, ws: Workspace, choice: str, train_dir: str, method: str | None
+) -> dict:
     from trainer import train
 
     source = manifest.load_manifest(ws.source, verify=False)
     return train.train(
-        pretrain_run_config(config, choice),
+        pretrain_run_config(config, method),
         model_config=_model_config(config, source.num_labels),
         train_dir=train_dir,
         workdir=ws.pretrain(choice),
@@ -91,7 +100,7 @@ def _pretrain(config: ml_collections.ConfigDict, ws: Workspace, choice: str, tra
 
 
 def stage_pretrain_source(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
-    return _pretrain(config, ws, ENTIRE_SOURCE, ws.source)
+    return _pretrain(config, ws, ENTIRE_SOURCE, ws.source, None)
 
 
 def _entire_source_model(config: ml_collections.ConfigDict, ws: Workspace) -> tuple:
@@ -174,16 +183,17 @@ def stage_select(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     source = manifest.load_manifest(ws.source)
     iw = weights_lib.ImportanceWeights.read(ws.weights_json) if os.path.exists(ws.weights_json) else None
     summary = {}
-    for name in config.selection.methods:
-        method = methods_lib.get(name)
+    for choice in selection_choices(config):
+        name = choice.name
+        method = methods_lib.get(choice.method)
         context = methods_lib.PlanContext(
             label_names=source.label_names,
             counts=np.asarray(source.label_counts),
             num_examples=source.num_records,
             hierarchy=source.hierarchy,
             weights=iw,
-            size=config.selection.size,
-            params=config.selection[name],
+            size=choice.size,
+            params=config.selection[choice.method],
             source_dir=ws.source,
             scratch_dir=ws.selection_scratch(name),
             target_dir=ws.target("train"),
@@ -210,7 +220,8 @@ def stage_select(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
 
 
 def stage_pretrain_selected(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
-    return {m: _pretrain(config, ws, m, ws.selected(m)) for m in config.selection.methods}
+    """Pre-trains on every selection choice (each method, and each at the other `selection.sizes`)."""
+    return {c.name: _pretrain(config, ws, c.name, ws.selected(c.name), c.method) for c in selection_choices(config)}
 
 
 def stage_finetune(config: ml_collections.ConfigDict, ws: Workspace) -> dict:

@@ -222,6 +222,10 @@ def _check_selection(config: ml_collections.ConfigDict) -> None:
     }
     if any(methods_lib.get(m).sized for m in methods):
         rules["selection.size"] = number_above(0)
+        rules["selection.sizes"] = (
+            lambda v: isinstance(v, (tuple, list)) and len(set(v)) == len(v) and all(_is_int(s) and s > 0 for s in v),
+            "a tuple of distinct integers > 0 (more selected-set sizes, Figure 2), e.g. (3000, 6000)",
+        )
     for name in methods:
         if _get(config, f"selection.{name}") is _MISSING:
             raise ConfigError(

@@ -5,11 +5,12 @@ Every stage writes only under its own folder, and a stage is complete when its m
 
   config.json                             resolved config of the latest launch
   data/source, data/target/{train,test}   shard sets (prepare); data/target/validation when carved
-  pretrain/<choice>/                      trainer work dirs: entire_source, same, elastic, ... (pretrain_*)
+  pretrain/<choice>/                      trainer work dirs: entire_source, same, same@6000, ... (pretrain_*)
   weights/weights.json, label_stats.json  Pt, Ps, w per source label (weights)
-  selected/<method>/                      weighted TFRecord shards + manifest (select)
-  selected/<method>.plan.csv, .stats.*    the plan and Table-5 statistics of each method (select)
-  selected/_scratch/<method>/             a method's intermediate files, e.g. per-example scores (select)
+  selected/<choice>/                      weighted TFRecord shards + manifest (select); a choice is a
+                                          method (`same`) or a method at another size (`same@6000`)
+  selected/<choice>.plan.csv, .stats.*    the plan and Table-5 statistics of each choice (select)
+  selected/_scratch/<choice>/             a method's intermediate files, e.g. per-example scores (select)
     .../scores/scores-<shard>.npz         per-example scores and ids of one source shard (selection.scoring)
     .../label_sums/label_sums-<shard>.npz per-label feature sums of one source shard (emd)
     .../domain_data/{train,heldout}/      the domain classifier's target-vs-source sets
@@ -17,7 +18,8 @@ Every stage writes only under its own folder, and a stage is complete when its m
     .../result.json                       the method's selection (ids or planned draws) and its costs
   finetune/<choice>/seed_<s>/             fine-tuning runs and their test metrics (finetune)
   finetune/results.json                   test metrics of every fine-tuning run (finetune)
-  report.md, report.csv, *.png            the report (report)
+  report.md, report.csv, *.png            the report (report): results.png, accuracy_vs_size.png
+                                          (Figure 2, with selection.sizes), importance_weights.png
 
 `launch.stages` (which writes these) and `launch.report` (which reads them) both import this module
 and nothing else spells a work-dir path.
@@ -35,9 +37,42 @@ RANDOM_INIT = "random_init"
 ENTIRE_SOURCE = "entire_source"
 
 
+@dataclasses.dataclass(frozen=True)
+class SelectionChoice:
+    """One selected shard set: a method at one size, written and pre-trained under `name`.
+
+    `name` is the method's name at `selection.size` (the report's Table 3 row) and `method@size` for
+    each other size of `selection.sizes` (Figure 2's points); a method without a size (a subset, the
+    weighted source) has one choice. Its paths: selected/<name>/, pretrain/<name>/, finetune/<name>/.
+    """
+
+    name: str
+    method: str
+    size: int  # 0 for a method without a size
+
+    @property
+    def main(self) -> bool:
+        return self.name == self.method
+
+
+def selection_choices(config: ml_collections.ConfigDict) -> list[SelectionChoice]:
+    """Every (method, size) the job writes and pre-trains on, main sizes first within each method."""
+    from selection import methods
+
+    selection = config.selection
+    out = []
+    for name in selection.methods:
+        if not methods.get(name).sized:
+            out.append(SelectionChoice(name, name, 0))
+            continue
+        out.append(SelectionChoice(name, name, int(selection.size)))
+        out += [SelectionChoice(f"{name}@{int(s)}", name, int(s)) for s in selection.sizes if s != selection.size]
+    return out
+
+
 def pretraining_choices(config: ml_collections.ConfigDict) -> list[str]:
-    """Rows of the report: entire source, each selection method, and random initialisation."""
-    return [ENTIRE_SOURCE, *config.selection.methods, RANDOM_INIT]
+    """Fine-tuned rows: entire source, each selection choice, and random initialisation."""
+    return [ENTIRE_SOURCE, *(c.name for c in selection_choices(config)), RANDOM_INIT]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +120,10 @@ class Workspace:
         """Prefix of a method's Table-5 statistics files (`.csv`, `.md`)."""
         return self.selected(method) + ".stats"
 
+    def selection_stats_csv(self, method: str) -> str:
+        """Every label's planned and realised draws and rates (`selection.stats.write_tables`)."""
+        return self.selection_stats(method) + ".csv"
+
     @property
     def source_label_index(self) -> str:
         """Per-shard label index of the source, shared by every selection method."""
@@ -114,6 +153,11 @@ class Workspace:
     @property
     def results_png(self) -> str:
         return self.path("results.png")
+
+    @property
+    def accuracy_vs_size_png(self) -> str:
+        """Figure 2's shape: target accuracy against selected-set size per method (`selection.sizes`)."""
+        return self.path("accuracy_vs_size.png")
 
     @property
     def importance_weights_png(self) -> str:

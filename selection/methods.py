@@ -105,7 +105,8 @@ def selection_config() -> ml_collections.ConfigDict:
     """`config.selection`: the common fields plus every registered method's parameters under its name."""
     c = ml_collections.ConfigDict()
     c.methods = ("same", "elastic")
-    c.size = 0  # examples drawn by every sized method
+    c.size = 0  # examples drawn by every sized method (the report's Table 3 rows)
+    c.sizes = ()  # more sizes, each written and pre-trained as `<method>@<size>` (Figure 2)
     c.records_per_shard = 2000
     c.example_weight_rule = "max"  # image/weight of a multi-label example (selection.weights)
     # "beam": each shard set is written by an Apache Beam job on `beam`'s runner (data.beam_runner), the

@@ -56,7 +56,7 @@ def test_resampled_shards_train_unweighted_with_the_trainers_defaults():
     config = demo.get_config("tiny")
     config.pretrain = trainer_config.pretrain_config()  # the trainer's own defaults, not the demo's
     config.selection.methods = ("same", "elastic", "uniform", "reverse", "hierarchy", "weighted_loss")
-    for name in ("entire_source", "same", "elastic", "uniform", "reverse", "hierarchy"):
+    for name in (None, "same", "elastic", "uniform", "reverse", "hierarchy"):
         assert not stages.pretrain_run_config(config, name).use_example_weights, name
     assert stages.pretrain_run_config(config, "weighted_loss").use_example_weights
 
