@@ -18,7 +18,8 @@
 Every helper network is trained with the project's trainer (resumable from its checkpoints), every
 pass writes per-shard score files (`selection.scoring`, resumable), and each method returns an
 example plan (id -> 1 copy) for `selection.write` plus what the report shows: images forwarded to
-score (the scoring cost) and, for the domain classifier, its held-out accuracy.
+score (the scoring cost), images the helper network was trained on, and, for the domain classifier,
+its held-out accuracy.
 """
 
 from __future__ import annotations
@@ -149,17 +150,19 @@ def write_domain_sets(
 
 
 def _train_helper(helper: Helper, train_dir: str, run_dir: str, stage_name: str):
-    """Trains (or resumes) the helper on `train_dir`; returns (model, variables, model config)."""
+    """Trains (or resumes) the helper on `train_dir`; returns (model, variables, model config, images it saw)."""
     from models.registry import build_model
     from trainer import checkpoint, train
 
-    train.train(helper.train, model_config=helper.model, train_dir=train_dir, workdir=run_dir, stage_name=stage_name)
+    run = train.train(
+        helper.train, model_config=helper.model, train_dir=train_dir, workdir=run_dir, stage_name=stage_name
+    )
     shards = manifest.load_manifest(train_dir, verify=False)
     model_config = train.prepare_model_config(
         helper.train, helper.model, num_classes=shards.num_labels, num_records=shards.num_records
     )
     variables = checkpoint.load_variables(run_dir, use_ema=bool(helper.train.eval_with_ema))
-    return build_model(model_config), variables, model_config
+    return build_model(model_config), variables, model_config, int(run["steps"]) * int(run["global_batch_size"])
 
 
 def _cached(work_dir: str, compute) -> ExampleSelection:
@@ -195,7 +198,7 @@ def domain_classifier_cnn(
             source_dir, target_dir, os.path.join(work_dir, "domain_data"), seed=seed, holdout_fraction=holdout_fraction
         )
         run_dir = os.path.join(work_dir, "classifier")
-        model, variables, model_config = _train_helper(helper, train_dir, run_dir, "select/domain_classifier")
+        model, variables, model_config, seen = _train_helper(helper, train_dir, run_dir, "select/domain_classifier")
         heldout = evaluate.evaluate(helper.train, model_config=helper.model, workdir=run_dir, data_dir=heldout_dir)
 
         def p_target(v, images):
@@ -214,6 +217,7 @@ def domain_classifier_cnn(
             "scoring_images": scoring.images_forwarded(paths),
             "heldout_accuracy": heldout["top1"],
             "heldout_examples": heldout["num_examples"],
+            "helper_images_seen": seen,
         }
         return ExampleSelection(plan, info)
 
@@ -305,7 +309,7 @@ def kmeans_filter(
     """Algorithm 1 with a feature extractor trained on the target's labels; see the module doc."""
 
     def compute() -> ExampleSelection:
-        model, variables, model_config = _train_helper(
+        model, variables, model_config, seen = _train_helper(
             helper, target_dir, os.path.join(work_dir, "extractor"), "select/kmeans_extractor"
         )
         image_size = int(model_config.image_size)
@@ -320,7 +324,8 @@ def kmeans_filter(
             batch_size=batch_size,
         )
         plan = scoring.select_examples(paths, size=size, largest=False)
-        return ExampleSelection(plan, {"scoring_images": scoring.images_forwarded(paths) + len(target)})
+        info = {"scoring_images": scoring.images_forwarded(paths) + len(target), "helper_images_seen": seen}
+        return ExampleSelection(plan, info)
 
     return _cached(work_dir, compute)
 

@@ -78,7 +78,7 @@ def test_domain_classifier_cnn_ranks_planted_target_like_images_on_top(data):
         source_dir, target_dir, work, size=10, helper=_helper(), holdout_fraction=0.25, batch_size=32, seed=0
     )
     assert len(result.plan) == 10 and _planted(result.plan) == 10
-    assert result.info["scoring_images"] == 120
+    assert result.info["scoring_images"] == 120 and result.info["helper_images_seen"] == 40 * 16
     assert result.info["heldout_accuracy"] >= 0.9 and result.info["heldout_examples"] == 20
     # D_h: all 40 target images and 40 random source images, split 30/10 per domain.
     train = manifest.load_manifest(os.path.join(work, "domain_data", "train"))
@@ -132,7 +132,7 @@ def test_kmeans_filter_with_a_target_trained_extractor_takes_planted_images(data
     )
     assert _planted(result.plan) == 10
     assert os.path.exists(os.path.join(root, "km", "extractor", "final.json"))  # trained on the target
-    assert result.info["scoring_images"] == 120 + 40
+    assert result.info["scoring_images"] == 120 + 40 and result.info["helper_images_seen"] == 40 * 16
 
 
 def test_random_examples_exact_deterministic_and_uniform(data, tmp_path):
