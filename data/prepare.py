@@ -82,7 +82,7 @@ def write_shard_set(
     names = [_shard_name(prefix, shard, num_shards) for shard in range(num_shards)]
     if process_index == 0:  # left by a run with another shard count; its manifest never listed them
         for stale in glob.glob(os.path.join(out_dir, f"{prefix}-*.tfrecord*")):
-            if os.path.basename(stale).removesuffix(".tmp").removesuffix(_SIDECAR) not in names:
+            if os.path.basename(stale).split(".tmp")[0].removesuffix(_SIDECAR) not in names:
                 os.remove(stale)
 
     def encoded(index: int) -> tuple[bytes, tuple[int, ...]]:

@@ -18,10 +18,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
+from typing import IO
 
 import google_crc32c
 from tensorflow_datasets.proto import tf_example_pb2
+
+from data import atomic
 
 _MASK_DELTA = 0xA282EAD8
 
@@ -80,45 +83,53 @@ def decode_example(serialized: bytes) -> Example:
     )
 
 
+_HEADER = struct.Struct("<QI")  # data length, masked crc32c of the length's 8 bytes
+_CRC = struct.Struct("<I")  # masked crc32c of the data (after it) or of the length (in the header)
+_FRAMING = _HEADER.size + _CRC.size  # bytes a record adds to its data
+
+
 def frame_record(data: bytes) -> bytes:
     """TFRecord framing of one record."""
     length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
+    return length + _CRC.pack(_masked_crc(length)) + data + _CRC.pack(_masked_crc(data))
 
 
-def read_record_at(handle, path: str, index: int, offset: int) -> tuple[bytes, int]:
-    """Reads and checks the record starting at `offset`; returns (data, next offset)."""
-    handle.seek(offset)
-    header = handle.read(12)
-    if not header:
-        raise EOFError
-    if len(header) < 12:
+def _data_length(buf: bytes, pos: int, path: str, index: int) -> int:
+    """The data length in the record header at `buf[pos:]`, after checking the header is whole and
+    its CRC. With `_checked_data`, the one parser of the framing; every reader below uses both."""
+    if pos + _HEADER.size > len(buf):
         raise CorruptRecordError(path, index, "truncated record header")
-    (length,) = struct.unpack("<Q", header[:8])
-    (length_crc,) = struct.unpack("<I", header[8:])
-    if length_crc != _masked_crc(header[:8]):
+    length, length_crc = _HEADER.unpack_from(buf, pos)
+    if length_crc != _masked_crc(buf[pos : pos + 8]):
         raise CorruptRecordError(path, index, "length CRC mismatch")
-    body = handle.read(length + 4)
-    if len(body) < length + 4:
+    return length
+
+
+def _checked_data(buf: bytes, pos: int, length: int, path: str, index: int) -> bytes:
+    """The `length` data bytes at `buf[pos:]`, after checking they and their CRC are whole and match."""
+    stop = pos + length
+    if stop + _CRC.size > len(buf):
         raise CorruptRecordError(path, index, "truncated record data")
-    data = body[:length]
-    (data_crc,) = struct.unpack("<I", body[length:])
-    if data_crc != _masked_crc(data):
+    data = buf[pos:stop]
+    if _CRC.unpack_from(buf, stop)[0] != _masked_crc(data):
         raise CorruptRecordError(path, index, "data CRC mismatch")
-    return data, offset + 12 + length + 4
+    return data
 
 
 def iter_records(path: str) -> Iterator[bytes]:
-    """Yields the raw records of one TFRecord file, checking framing and CRCs."""
+    """Yields the records of one TFRecord file, checking framing and CRCs.
+
+    The file is read in one sequential read (memory: one shard) and parsed in memory: a seek and two
+    reads per record cost several times more for small records (benchmarks/selection_write.py).
+    """
     with open(path, "rb") as handle:
-        offset, index = 0, 0
-        while True:
-            try:
-                data, offset = read_record_at(handle, path, index, offset)
-            except EOFError:
-                return
-            yield data
-            index += 1
+        buf = handle.read()
+    pos, index = 0, 0
+    while pos < len(buf):
+        length = _data_length(buf, pos, path, index)
+        yield _checked_data(buf, pos + _HEADER.size, length, path, index)
+        pos += _FRAMING + length
+        index += 1
 
 
 def index_records(path: str) -> list[tuple[int, int]]:
@@ -132,44 +143,26 @@ def index_records(path: str) -> list[tuple[int, int]]:
         offset, index = 0, 0
         while offset < size:
             handle.seek(offset)
-            header = handle.read(12)
-            if len(header) < 12:
-                raise CorruptRecordError(path, index, "truncated record header")
-            (length,) = struct.unpack("<Q", header[:8])
-            if struct.unpack("<I", header[8:])[0] != _masked_crc(header[:8]):
-                raise CorruptRecordError(path, index, "length CRC mismatch")
-            if offset + 16 + length > size:
+            length = _data_length(handle.read(_HEADER.size), 0, path, index)
+            if offset + _FRAMING + length > size:
                 raise CorruptRecordError(path, index, "truncated record data")
             entries.append((offset, length))
-            offset += 16 + length
+            offset += _FRAMING + length
             index += 1
     return entries
 
 
-def read_record(handle, path: str, index: int, offset: int, length: int) -> bytes:
+def read_record(handle: IO[bytes], path: str, index: int, offset: int, length: int) -> bytes:
     """Random access read of one indexed record, CRC checked."""
-    handle.seek(offset + 12)
-    body = handle.read(length + 4)
-    if len(body) < length + 4:
-        raise CorruptRecordError(path, index, "truncated record data")
-    data = body[:length]
-    if struct.unpack("<I", body[length:])[0] != _masked_crc(data):
-        raise CorruptRecordError(path, index, "data CRC mismatch")
-    return data
+    handle.seek(offset + _HEADER.size)
+    return _checked_data(handle.read(length + _CRC.size), 0, length, path, index)
 
 
-def write_tfrecord(path: str, records: Sequence[bytes] | Iterator[bytes]) -> int:
-    """Writes records atomically (temp file, fsync, rename); returns the record count.
-
-    A crash leaves at most a `*.tmp` file, never a half file under the final name.
-    """
-    tmp = f"{path}.tmp"
+def write_tfrecord(path: str, records: Iterable[bytes]) -> int:
+    """Writes records atomically (`data.atomic.open_write`); returns the record count."""
     count = 0
-    with open(tmp, "wb") as handle:
+    with atomic.open_write(path) as handle:
         for record in records:
             handle.write(frame_record(record))
             count += 1
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
     return count

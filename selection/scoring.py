@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from tensorflow_datasets.proto import tf_example_pb2
 
-from data import augment, manifest, records
+from data import atomic, augment, manifest, records
 
 SCORE_NAME = "scores-{:05d}.npz"
 SUMS_NAME = "label_sums-{:05d}.npz"
@@ -48,13 +48,6 @@ class ShardScores:
     def ids(self) -> list[bytes]:
         blob = self.id_blob.tobytes()
         return [blob[a:b] for a, b in zip(self.id_offsets[:-1], self.id_offsets[1:], strict=True)]
-
-
-def _save_npz(path: str, **arrays: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
 
 
 def load_scores(path: str) -> ShardScores:
@@ -134,7 +127,7 @@ def _sharded_pass(
     paths = [os.path.join(out_dir, name.format(s)) for s in range(len(source.files))]
     for s in range(pindex, len(source.files), pcount):
         if not os.path.exists(paths[s]):
-            _save_npz(paths[s], **per_shard(source.files[s]))
+            atomic.write_npz(paths[s], **per_shard(source.files[s]))
     wait_for(paths, wait_timeout_s)
     return paths
 

@@ -44,7 +44,6 @@ import hashlib
 import json
 import os
 import shutil
-import struct
 import time
 from collections.abc import Mapping
 
@@ -78,42 +77,11 @@ class ShardScan:
         return [blob[a:b] for a, b in zip(self.id_offsets[:-1], self.id_offsets[1:], strict=True)]
 
 
-_HEADER = struct.Struct("<QI")
-_CRC = struct.Struct("<I")
-
-
-def read_shard(path: str) -> list[bytes]:
-    """All records of one TFRecord file, CRC checked, from one sequential read of the whole file.
-
-    The same checks as `data.records.iter_records` with a fraction of its per-record cost (no
-    seek/read per record), which dominates for small records; memory is one shard.
-    """
-    with open(path, "rb") as handle:
-        data = handle.read()
-    out, pos, end = [], 0, len(data)
-    crc = records._masked_crc  # the format's checksum, shared with the reader/writer
-    while pos < end:
-        if pos + 12 > end:
-            raise records.CorruptRecordError(path, len(out), "truncated record header")
-        length, length_crc = _HEADER.unpack_from(data, pos)
-        if length_crc != crc(data[pos : pos + 8]):
-            raise records.CorruptRecordError(path, len(out), "length CRC mismatch")
-        start, stop = pos + 12, pos + 12 + length
-        if stop + 4 > end:
-            raise records.CorruptRecordError(path, len(out), "truncated record data")
-        record = data[start:stop]
-        if _CRC.unpack_from(data, stop)[0] != crc(record):
-            raise records.CorruptRecordError(path, len(out), "data CRC mismatch")
-        out.append(record)
-        pos = stop + 4
-    return out
-
-
 def scan_shard(path: str) -> ShardScan:
     """Labels and ids of every record (CRC checked; the image bytes are not decoded)."""
     offsets, labels, id_offsets, ids = [0], [], [0], []
     proto = tf_example_pb2.Example()
-    for index, data in enumerate(read_shard(path)):
+    for index, data in enumerate(records.iter_records(path)):
         proto.ParseFromString(data)
         feature = proto.features.feature
         if "image/label" not in feature or "image/id" not in feature:
@@ -136,21 +104,8 @@ def _load_scan(path: str, sha: str, index_dir: str) -> ShardScan:
         with np.load(cache) as z:
             return ShardScan(**{k: z[k] for k in ("offsets", "labels", "id_offsets", "id_blob")})
     scan = scan_shard(path)
-    _save_npz(cache, **dataclasses.asdict(scan))
+    atomic.write_npz(cache, **dataclasses.asdict(scan))
     return scan
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}.npy"
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
-def _save_npz(path: str, **arrays: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
 
 
 def _wait_for(paths: list[str], timeout_s: float) -> None:
@@ -283,7 +238,7 @@ def select_shard(job: Job, alloc: Allocation, s: int) -> SelectedShard:
         raise AssertionError(f"shard {s}: {copies.sum()} copies, allocation says {alloc.totals[s]}")
     weight = weights_lib.example_weights(scan.offsets, scan.labels, job.label_weights, job.rule)
     record_of_copy, positions = allocation.copy_positions(copies, int(alloc.bases[s]), alloc.total, job.seed)
-    source_records = read_shard(job.source.files[s])
+    source_records = list(records.iter_records(job.source.files[s]))
     chosen = {
         i: source_records[i]
         + allocation.weight_suffix(
@@ -463,9 +418,9 @@ def _phase_scan(job: Job, owned: list[int]) -> None:
             continue
         summary = job.summary(s)
         if job.label_plan is not None:
-            _save_npz(job.summary_path(s), labels=summary[0], counts=summary[1])
+            atomic.write_npz(job.summary_path(s), labels=summary[0], counts=summary[1])
         else:
-            _save_npz(job.summary_path(s), total=np.array(summary))
+            atomic.write_npz(job.summary_path(s), total=np.array(summary))
 
 
 def _load_summaries(job: Job, num_shards: int) -> list:
@@ -483,9 +438,9 @@ def _phase_spill(job: Job, alloc: Allocation, s: int) -> None:
     selected = select_shard(job, alloc, s)
     byte_offsets = np.concatenate([[0], np.cumsum([len(p) for p in selected.records], dtype=np.int64)])
     atomic.write_bytes(blob_path, b"".join(selected.records))
-    _save_npy(positions_path, selected.positions)
-    _save_npy(offsets_path, byte_offsets)
-    _save_npz(stats_path, **selected.stats)
+    atomic.write_npy(positions_path, selected.positions)
+    atomic.write_npy(offsets_path, byte_offsets)
+    atomic.write_npz(stats_path, **selected.stats)
 
 
 def _phase_assemble(job: Job, k: int, bounds: np.ndarray, num_sources: int, path: str) -> None:
