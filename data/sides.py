@@ -82,7 +82,7 @@ def _error(key: str, value, accepts: str) -> DataConfigError:
     return DataConfigError(f"config key '{key}' = {value!r}: must be {accepts}")
 
 
-def _check_side(side_name: str, side: ml_collections.ConfigDict) -> None:
+def _check_side(side_name: str, side: ml_collections.ConfigDict, check_paths: bool) -> None:
     key = f"data.{side_name}"
     if side.kind not in SIDE_KINDS:
         raise _error(f"{key}.kind", side.kind, "one of " + ", ".join(repr(k) for k in SIDE_KINDS))
@@ -95,7 +95,7 @@ def _check_side(side_name: str, side: ml_collections.ConfigDict) -> None:
             f"{key}.validation_fraction", side.validation_fraction, "0 (only the target has a validation split)"
         )
     for file_key in ("hierarchy", "wordnet_is_a"):
-        if side[file_key] and paths.missing(side[file_key]):
+        if check_paths and side[file_key] and paths.missing(side[file_key]):
             raise _error(f"{key}.{file_key}", side[file_key], "an existing file ('' for none); nothing is there")
     if side.kind == "embedded":
         return
@@ -103,7 +103,7 @@ def _check_side(side_name: str, side: ml_collections.ConfigDict) -> None:
         if not side.name:
             raise _error(f"{key}.name", side.name, "a TFDS dataset name when kind is 'tfds'")
         data_dir = tfds_data_dir(side)
-        if paths.missing(os.path.join(data_dir, side.name.split("/")[0])):
+        if check_paths and paths.missing(os.path.join(data_dir, side.name.split("/")[0])):
             raise _error(
                 f"{key}.name",
                 side.name,
@@ -114,7 +114,7 @@ def _check_side(side_name: str, side: ml_collections.ConfigDict) -> None:
     if not side.path:
         raise _error(f"{key}.path", side.path, f"the location of the data when kind is {side.kind!r}")
     for split_key, split in (("train_split", side.train_split), ("test_split", side.test_split)):
-        if side_name == "source" and split_key == "test_split":
+        if not check_paths or (side_name == "source" and split_key == "test_split"):
             continue
         location = split_location(side, split)
         if paths.missing(location):
@@ -122,8 +122,8 @@ def _check_side(side_name: str, side: ml_collections.ConfigDict) -> None:
             raise _error(f"{key}.{split_key}", split, f"{what} under data.{side_name}.path; {location} does not exist")
 
 
-def check_data_config(data: ml_collections.ConfigDict) -> None:
-    """Kinds, numbers and that every input path exists; raises DataConfigError."""
+def check_data_config(data: ml_collections.ConfigDict, check_paths: bool = True) -> None:
+    """Kinds, numbers and (with `check_paths`) that every input path exists; raises DataConfigError."""
     if data.kind not in DATA_KINDS:
         raise _error("data.kind", data.kind, "one of " + ", ".join(repr(k) for k in DATA_KINDS))
     if data.kind == "embedded":
@@ -131,7 +131,7 @@ def check_data_config(data: ml_collections.ConfigDict) -> None:
     for side_name in SIDES:
         if side_name not in data:
             raise _error(f"data.{side_name}", None, "set when data.kind is 'external' (data.sides.side_config())")
-        _check_side(side_name, data[side_name])
+        _check_side(side_name, data[side_name], check_paths)
 
 
 # ------------------------------------------------------------------------------------ preparation

@@ -74,7 +74,7 @@ def parse_command_line(argv: Sequence[str], name: str = "config") -> list[str]:
         raise ConfigError(f"bad command line: {err}") from err
 
 
-def _as_json(config: ml_collections.ConfigDict) -> dict:
+def as_json(config: ml_collections.ConfigDict) -> dict:
     """The config as `save_resolved` writes it and `check_workdir_config` compares it."""
     return json.loads(json.dumps(config.to_dict(), default=str))
 
@@ -94,7 +94,7 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, allow_
     if allow_change or not os.path.exists(path):
         return
     with open(path) as f:
-        changed = changed_keys(json.load(f), _as_json(config))
+        changed = changed_keys(json.load(f), as_json(config))
     if changed:
         shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
         raise ConfigError(
@@ -106,5 +106,5 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, allow_
 def save_resolved(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes the resolved config as JSON into the work dir (atomic); returns the path."""
     path = os.path.join(workdir, "config.json")
-    atomic.write_text(path, json.dumps(_as_json(config), indent=2, sort_keys=True) + "\n")
+    atomic.write_text(path, json.dumps(as_json(config), indent=2, sort_keys=True) + "\n")
     return path

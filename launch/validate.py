@@ -257,8 +257,10 @@ def _check_selection(config: ml_collections.ConfigDict) -> None:
             )
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """Every semantic check that needs neither JAX devices nor the work dir; raises ConfigError."""
+def check_config(config: ml_collections.ConfigDict, check_paths: bool = True) -> None:
+    """Every semantic check that needs neither JAX devices nor the work dir; raises ConfigError.
+
+    `check_paths=False` (a dry run planning for another machine) leaves out the data paths' existence."""
     from data import sides
     from models import registry
     from models.layers import DTYPES
@@ -285,9 +287,26 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _check_selection(config)
     _check(config, {"report.top_labels": int_at_least(1), "report.plot_top_labels": int_at_least(1)}, required=False)
     try:
-        sides.check_data_config(config.data)
+        sides.check_data_config(config.data, check_paths)
     except sides.DataConfigError as err:
         raise ConfigError(str(err)) from None
+
+
+def check_hardware(config: ml_collections.ConfigDict) -> None:
+    """`config.hardware` (optional): what a dry run plans for; its devices must split every batch."""
+    from launch import dryrun
+
+    if "hardware" not in config:
+        return
+    _check(
+        config,
+        {
+            "hardware.accelerator": one_of(tuple(dryrun.ACCELERATORS)),
+            "hardware.devices": int_at_least(1),
+            "hardware.utilisation": fraction(open_low=True, closed_high=True),
+        },
+    )
+    check_devices(config, 1, config.hardware.devices)
 
 
 def check_workdir(workdir: str | None) -> None:

@@ -4,6 +4,7 @@ Every stage writes only under its own folder, and a stage is complete when its m
 `stages/<name>.json` exists, written atomically after all its outputs:
 
   config.json                             resolved config of the latest launch
+  launches/<utc time>-<pid>.json          every launch: git commit, command line, resolved config
   data/source, data/target/{train,test}   shard sets (prepare); data/target/validation when carved
   pretrain/<choice>/                      trainer work dirs: entire_source, same, same@6000, ... (pretrain_*)
   weights/weights.json, label_stats.json  Pt, Ps, w per source label (weights)
@@ -138,6 +139,9 @@ class Workspace:
     @property
     def finetune_results(self) -> str:
         return self.path("finetune", "results.json")
+
+    def launch_record(self, stamp: str) -> str:
+        return self.path("launches", f"{stamp}.json")
 
     def marker(self, stage: str) -> str:
         return self.path("stages", f"{stage}.json")

@@ -20,9 +20,6 @@ from ml_collections import config_flags
 
 from models.registry import block_names, build_model
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Model config file (configs/models/<name>.py).")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
-
 
 def _count(tree: Any) -> int:
     return int(sum(x.size for x in jax.tree.leaves(tree)))
@@ -73,13 +70,21 @@ def format_card(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    card = model_card(_CONFIG.value)
-    print(json.dumps(card) if _JSON.value else format_card(card))
+def main() -> None:
+    """The command line; its flags are defined here so that importing this module (launch's dry run
+    does) defines none."""
+    config_flag = config_flags.DEFINE_config_file("config", None, "Model config file (configs/models/<name>.py).")
+    json_flag = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+    flags.mark_flag_as_required("config")
+
+    def run(argv: Sequence[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        card = model_card(config_flag.value)
+        print(json.dumps(card) if json_flag.value else format_card(card))
+
+    app.run(run)
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("config")
-    app.run(main)
+    main()

@@ -126,6 +126,10 @@ def test_folder_target_and_multilabel_csv_source_end_to_end(tmp_path):
     )
     report = (workdir / "report.md").read_text()
     assert "Entire source" in report and "Random initialization" in report
+    (record,) = (workdir / "launches").iterdir()  # this launch: commit, command line, resolved config
+    launched = json.loads(record.read_text())
+    assert len(launched["git_commit"]) >= 40 and launched["argv"][1:3] == ["-m", "launch.main"]
+    assert f"--config={config}" in launched["command"] and launched["config"]["data"]["target"]["kind"] == "folder"
     stages = json.loads((workdir / "stages" / "prepare.json").read_text())["summary"]
     assert stages["target_validation"] == 3 and stages["source_labels"] == 6
 
