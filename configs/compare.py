@@ -33,4 +33,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.pretrain.checkpoint_every_steps = 500
     c.selection.methods = methods.names()
     c.selection.size = 4000  # about 15% of the source: Chakraborty et al. filter 6-12% of ImageNet
+    c.report.induction = True
     return c

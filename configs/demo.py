@@ -136,4 +136,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.report = ml_collections.ConfigDict()
     c.report.top_labels = 10 if tiny else 20
     c.report.plot_top_labels = 50 if tiny else 200
+    # Huh et al.'s kNN induction accuracy of every pre-trained model's frozen features on the target
+    # (finetune stage, report columns induction_top1/5): a feature pass over the target per row.
+    c.report.induction = tiny
     return c

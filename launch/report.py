@@ -7,7 +7,8 @@ report.md  - results per pre-training choice (mean and spread over fine-tuning s
 report.csv - one row per pre-training choice (every size): pretraining_data, target, top1_mean, top1_std,
              mean_per_class_mean, mean_per_class_std, seeds, and the comparison's cost columns:
              unique_examples, images_seen (pre-training steps x batch), scoring_images (images
-             forwarded to select), select_wall_s, pretrain_wall_s
+             forwarded to select), select_wall_s, pretrain_wall_s, induction_top1/5 (with
+             report.induction: Huh et al.'s kNN accuracy on the target in the frozen pre-trained features)
 importance_weights.png (written by the select stage), results.png, accuracy_vs_size.png
 """
 
@@ -42,6 +43,8 @@ CSV_COLUMNS = (
     "scoring_images",
     "select_wall_s",
     "pretrain_wall_s",
+    "induction_top1",
+    "induction_top5",
 )
 
 
@@ -71,6 +74,12 @@ def results_rows(results: dict[str, list[dict]], target: str) -> list[dict]:
     return [{"pretraining_data": choice, "target": target, **summarise_runs(runs)} for choice, runs in results.items()]
 
 
+def _induction_cell(row: dict) -> str:
+    if row["induction_top1"] == "":
+        return ""
+    return f"{row['induction_top1']:.1f} / {row['induction_top5']:.1f}"
+
+
 def cost_fields(choice: str, ws: workdir.Workspace, select_summary: dict) -> dict:
     """What a pre-training choice cost: distinct examples it pre-trained on, images seen, images
     forwarded to select them, and wall time of the selection and of the pre-training (blank where a
@@ -79,7 +88,7 @@ def cost_fields(choice: str, ws: workdir.Workspace, select_summary: dict) -> dic
     from trainer import train
 
     fields: dict = {"unique_examples": "", "images_seen": 0, "scoring_images": 0, "select_wall_s": 0.0}
-    fields["pretrain_wall_s"] = 0.0
+    fields.update(pretrain_wall_s=0.0, induction_top1="", induction_top5="")
     if choice == workdir.RANDOM_INIT:
         return fields
     if choice == workdir.ENTIRE_SOURCE:
@@ -92,6 +101,9 @@ def cost_fields(choice: str, ws: workdir.Workspace, select_summary: dict) -> dic
         summary = select_summary.get(choice, {})
         fields["scoring_images"] = int(summary.get("scoring_images", 0))
         fields["select_wall_s"] = float(summary.get("wall_s", 0.0))
+    if os.path.exists(ws.induction(choice)):  # report.induction: kNN accuracy of the frozen features, in %
+        knn = atomic.read_json(ws.induction(choice))
+        fields["induction_top1"], fields["induction_top5"] = 100.0 * knn["top1"], 100.0 * knn["top5"]
     final = os.path.join(ws.pretrain(choice), train.FINAL_NAME)
     if os.path.exists(final):
         run = atomic.read_json(final)
@@ -264,6 +276,7 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
                 "Wall time: select + pre-train (s)",
                 "Top-1 (%)",
                 "Mean per-class (%)",
+                "kNN induction top-1 / top-5 (%)",
             ],
             [
                 [
@@ -274,13 +287,16 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
                     f"{r['select_wall_s']:.1f} + {r['pretrain_wall_s']:.1f}",
                     f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}",
                     f"{r['mean_per_class_mean']:.2f} ± {r['mean_per_class_std']:.2f}",
+                    _induction_cell(r),
                 ]
                 for r in rows
             ],
         ),
         "",
         "Every pre-trained row runs the same number of steps at the same batch (images seen); scoring "
-        "cost counts the images a method forwards through its own networks to choose its data.",
+        "cost counts the images a method forwards through its own networks to choose its data; kNN "
+        "induction (report.induction) classifies target test images by their nearest target training "
+        "images in the frozen pre-trained features (Huh et al.).",
         "",
         *size_section,
         "## Source labels by importance weight (Table 5's shape)",

@@ -253,8 +253,28 @@ def stage_finetune(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
                 atomic.write_json(metrics_path, {**metrics, "seed": int(seed), "choice": choice})
             runs.append(atomic.read_json(metrics_path))
         results[choice] = runs
+        if config.report.get("induction") and choice != RANDOM_INIT and not os.path.exists(ws.induction(choice)):
+            _induction(config, ws, choice)
     atomic.write_json(ws.finetune_results, results)
     return {c: float(np.mean([r["top1"] for r in runs])) for c, runs in results.items()}
+
+
+def _induction(config: ml_collections.ConfigDict, ws: Workspace, choice: str) -> None:
+    """Huh et al.'s induction accuracy of a pre-trained model's frozen features on the target (kNN)."""
+    import jax
+
+    from trainer import induction
+
+    accuracy = induction.induction_accuracy(
+        config.finetune,
+        model_config=config.model,
+        pretrain_dir=ws.pretrain(choice),
+        pretrain_data_dir=ws.source if choice == ENTIRE_SOURCE else ws.selected(choice),
+        train_dir=ws.target("train"),
+        test_dir=ws.target("test"),
+    )
+    if jax.process_index() == 0:
+        atomic.write_json(ws.induction(choice), accuracy)
 
 
 def stage_report(config: ml_collections.ConfigDict, ws: Workspace) -> dict:

@@ -19,6 +19,7 @@ Every stage writes only under its own folder, and a stage is complete when its m
     .../result.json                       the method's selection (ids or planned draws) and its costs
   finetune/<choice>/seed_<s>/             fine-tuning runs and their test metrics (finetune)
   finetune/results.json                   test metrics of every fine-tuning run (finetune)
+  finetune/<choice>/induction.json        kNN induction accuracy of its pre-trained features (finetune)
   report.md, report.csv, *.png            the report (report): results.png, accuracy_vs_size.png
                                           (Figure 2, with selection.sizes), importance_weights.png
 
@@ -132,6 +133,10 @@ class Workspace:
 
     def finetune(self, choice: str, seed: int) -> str:
         return self.path("finetune", choice, f"seed_{seed}")
+
+    def induction(self, choice: str) -> str:
+        """kNN induction accuracy of a pre-trained model's features on the target (report.induction)."""
+        return self.path("finetune", choice, "induction.json")
 
     def test_metrics(self, choice: str, seed: int) -> str:
         return os.path.join(self.finetune(choice, seed), "test_metrics.json")

@@ -13,7 +13,15 @@ from tests.conftest import FAST_COMPILE_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = ["pretraining_data", "target", "top1_mean", "top1_std", "mean_per_class_mean", "mean_per_class_std", "seeds"]
-COST_COLUMNS = ["unique_examples", "images_seen", "scoring_images", "select_wall_s", "pretrain_wall_s"]
+COST_COLUMNS = [
+    "unique_examples",
+    "images_seen",
+    "scoring_images",
+    "select_wall_s",
+    "pretrain_wall_s",
+    "induction_top1",
+    "induction_top5",
+]
 
 
 def _command(workdir):
@@ -42,6 +50,9 @@ def test_tiny_demo_end_to_end_and_resume_after_kill(tmp_path):
     assert [r["images_seen"] for r in rows] == ["96", "96", "96", "0"]
     assert all(r["scoring_images"] == "0" for r in rows)
     assert 0 < int(rows[2]["unique_examples"]) <= 60 < int(rows[0]["unique_examples"])
+    # kNN induction accuracy of each pre-trained model (none for random initialisation).
+    assert all(0 <= float(r["induction_top1"]) <= float(r["induction_top5"]) <= 100 for r in rows[:3])
+    assert rows[3]["induction_top1"] == ""
     assert [r["pretraining_data"] for r in rows] == ["entire_source", "same", "elastic", "random_init"]
     assert all(r["seeds"] == "2" and 0.0 <= float(r["top1_mean"]) <= 100.0 for r in rows)
     report = open(straight / "report.md").read()

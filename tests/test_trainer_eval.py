@@ -74,3 +74,17 @@ def test_split_train_val_is_disjoint_and_keeps_classes(shards, tmp_path):
     assert all(c > 0 for c in manifest.load_manifest(train_dir).label_counts)
     assert sweep.split_train_val(shards, str(tmp_path)) == (train_dir, val_dir)  # complete: skipped
     assert len(sweep.kornblith_grid()) == 56
+
+
+def test_knn_induction_accuracy_known_answer():
+    from trainer import induction
+
+    # Two training points per class on the unit circle's axes; a test point at 10 degrees from +x is
+    # nearest to class 0 (cosine), and its 2nd..3rd neighbours are the +y points of class 1.
+    train_x = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [-1.0, 0.0], [0.0, -1.0]])
+    train_y = np.array([0, 0, 1, 1, 2, 3])
+    angle = np.deg2rad(10)
+    test_x = np.array([[np.cos(angle), np.sin(angle)], [-1.0, -0.01]])
+    assert induction.knn_accuracy(train_x, train_y, test_x, np.array([0, 2]), ks=(1, 3)) == {"top1": 1.0, "top3": 1.0}
+    assert induction.knn_accuracy(train_x, train_y, test_x, np.array([1, 3]), ks=(1, 3)) == {"top1": 0.0, "top3": 1.0}
+    assert induction.knn_accuracy(train_x, train_y, test_x, np.array([3, 0]), ks=(1, 2)) == {"top1": 0.0, "top2": 0.0}
