@@ -17,7 +17,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs.models import inception_v3, small_cnn
-from data import embedded
+from data import beam_runner, embedded
 from selection import methods
 from trainer import config as trainer_config
 
@@ -34,6 +34,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.kind = "embedded"
     c.data.target_name = "greek_glyphs"
     c.data.embedded = embedded.default_config()
+    # "beam": external sides (data.kind = "external") are converted by an Apache Beam job on data.beam's
+    # runner (data/beam_prepare.py: unreadable images skipped and listed, not fatal).
+    c.data.preparer = "inprocess"
+    c.data.beam = beam_runner.default_config()
     # A source a CPU-budget Inception can learn, so that Pt follows letter identity: 251 labels (whole
     # Latin and Greek alphabets, 6 sampled characters from each other group), 60-150 images per label,
     # drawn like the target (dark ink on paper) but in other fonts. With the builder's default

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import glob
 import hashlib
 import io
@@ -76,21 +77,15 @@ def write_shard_set(
     """
     if num_examples <= 0:
         raise ValueError(f"{out_dir}: nothing to write")
-    num_shards = num_shards or max(1, math.ceil(num_examples / DEFAULT_RECORDS_PER_SHARD))
-    num_shards = min(num_shards, num_examples)
+    names = shard_names(num_examples, num_shards, prefix)
+    num_shards = len(names)
     os.makedirs(out_dir, exist_ok=True)
-    names = [_shard_name(prefix, shard, num_shards) for shard in range(num_shards)]
-    if process_index == 0:  # left by a run with another shard count; its manifest never listed them
-        for stale in glob.glob(os.path.join(out_dir, f"{prefix}-*.tfrecord*")):
-            if os.path.basename(stale).split(".tmp")[0].removesuffix(_SIDECAR) not in names:
-                os.remove(stale)
+    if process_index == 0:
+        remove_stale_shards(out_dir, names, prefix)
 
     def encoded(index: int) -> tuple[bytes, tuple[int, ...]]:
         example = get_example(index)
-        for label in example.labels:
-            if not 0 <= label < len(label_names):
-                raise ValueError(f"example {index}: label {label} not in [0, {len(label_names)})")
-        return records.encode_example(example), example.labels
+        return encode_checked(example, index, len(label_names)), example.labels
 
     def shard_records(lo: int, hi: int, pool: ThreadPoolExecutor, counts: np.ndarray):
         chunk = max(64, 4 * threads)  # bounded read-ahead: memory does not grow with the shard
@@ -103,34 +98,100 @@ def write_shard_set(
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for shard in range(process_index, num_shards, process_count):
             path = os.path.join(out_dir, names[shard])
-            if os.path.exists(path + _SIDECAR):
+            if shard_done(path) is not None:
                 continue  # finished by an earlier run
-            lo, hi = num_examples * shard // num_shards, num_examples * (shard + 1) // num_shards
+            lo, hi = shard_range(num_examples, num_shards, shard)
             counts = np.zeros(len(label_names), np.int64)
             written = records.write_tfrecord(path, shard_records(lo, hi, pool, counts))
-            atomic.write_json(path + _SIDECAR, {"records": written, "label_counts": counts.tolist()})
+            finish_shard(path, written, counts)
     barrier(f"shards of {out_dir} written")
     if process_index == 0:
-        done = [atomic.read_json(os.path.join(out_dir, name + _SIDECAR)) for name in names]
-        label_counts = np.sum([d["label_counts"] for d in done], axis=0, dtype=np.int64)
-        if hierarchy:
-            hierarchy_lib.validate(hierarchy)
-        manifest.write_manifest(
-            out_dir,
-            [os.path.join(out_dir, name) for name in names],
-            [d["records"] for d in done],
-            list(label_names),
-            label_counts.tolist(),
-            hierarchy,
-            extra,
-        )
-        for name in names:  # the manifest now holds what they recorded
-            os.remove(os.path.join(out_dir, name + _SIDECAR))
+        write_manifest(out_dir, names, read_done(out_dir, names), label_names, hierarchy, extra)
     barrier(f"manifest of {out_dir} written")
     return manifest.load_manifest(out_dir, verify=False)
 
 
-def _done(out_dir: str, overwrite: bool) -> manifest.ShardSet | None:
+def remove_stale_shards(out_dir: str, names: Sequence[str], prefix: str = "data") -> None:
+    """Removes shard files of a run with another shard count (its manifest never listed them)."""
+    for stale in glob.glob(os.path.join(out_dir, f"{prefix}-*.tfrecord*")):
+        if os.path.basename(stale).split(".tmp")[0].removesuffix(_SIDECAR) not in names:
+            os.remove(stale)
+
+
+def shard_names(num_examples: int, num_shards: int | None, prefix: str = "data") -> list[str]:
+    """File names of the even shard set of `num_examples` (`num_shards` or one per 1024 records)."""
+    num_shards = num_shards or max(1, math.ceil(num_examples / DEFAULT_RECORDS_PER_SHARD))
+    num_shards = min(num_shards, num_examples)
+    return [_shard_name(prefix, shard, num_shards) for shard in range(num_shards)]
+
+
+def shard_range(num_examples: int, num_shards: int, shard: int) -> tuple[int, int]:
+    """Listing indices [lo, hi) of one shard: contiguous, sizes within one."""
+    return num_examples * shard // num_shards, num_examples * (shard + 1) // num_shards
+
+
+def finish_shard(path: str, written: int, label_counts: np.ndarray, bad: list | None = None) -> dict:
+    """Records a written shard as done: its `<shard>.json` (record and label counts, sha256, and the
+    images skipped as unreadable), what the manifest is later written from."""
+    done = {
+        "records": int(written),
+        "label_counts": np.asarray(label_counts, np.int64).tolist(),
+        "sha256": manifest.sha256_file(path),
+        "bad": list(bad or []),
+    }
+    atomic.write_json(path + _SIDECAR, done)
+    return done
+
+
+def shard_done(path: str) -> dict | None:
+    """The `<shard>.json` of a finished shard, or None when the shard still has to be written."""
+    return atomic.read_json(path + _SIDECAR) if os.path.exists(path + _SIDECAR) else None
+
+
+def read_done(out_dir: str, names: Sequence[str]) -> list[dict]:
+    """Every shard's `<shard>.json`; all shards must be finished."""
+    done = [shard_done(os.path.join(out_dir, name)) for name in names]
+    missing = [name for name, d in zip(names, done, strict=True) if d is None]
+    if missing:
+        raise AssertionError(f"{out_dir}: {len(missing)} shard(s) not written, e.g. {missing[0]}")
+    return done
+
+
+def write_manifest(
+    out_dir: str,
+    names: Sequence[str],
+    done: list[dict],
+    label_names: Sequence[str],
+    hierarchy: dict[str, list[str]] | None,
+    extra: dict[str, Any] | None,
+) -> None:
+    """The manifest (written last) from every shard's `read_done` record; then the `.json` files go."""
+    label_counts = np.sum([d["label_counts"] for d in done], axis=0, dtype=np.int64)
+    if hierarchy:
+        hierarchy_lib.validate(hierarchy)
+    manifest.write_manifest(
+        out_dir,
+        [os.path.join(out_dir, name) for name in names],
+        [d["records"] for d in done],
+        list(label_names),
+        label_counts.tolist(),
+        hierarchy,
+        extra,
+        sha256s=[d["sha256"] for d in done],
+    )
+    for name in names:  # the manifest now holds what they recorded
+        os.remove(os.path.join(out_dir, name + _SIDECAR))
+
+
+def encode_checked(example: records.Example, index: int, num_labels: int) -> bytes:
+    """The record of listing example `index`; a label outside the label names is an error."""
+    for label in example.labels:
+        if not 0 <= label < num_labels:
+            raise ValueError(f"example {index}: label {label} not in [0, {num_labels})")
+    return records.encode_example(example)
+
+
+def finished(out_dir: str, overwrite: bool) -> manifest.ShardSet | None:
     if not overwrite and os.path.exists(os.path.join(out_dir, manifest.MANIFEST_NAME)):
         return manifest.load_manifest(out_dir, verify=False)
     return None
@@ -156,6 +217,39 @@ def image_example(data: bytes, labels: Sequence[int], example_id: str, where: st
     except Exception as err:  # PIL raises many types for bad files
         raise ValueError(f"{where}: unreadable image ({err})") from err
     return records.Example(encoded, tuple(int(label) for label in labels), example_id.encode())
+
+
+def resize_example(example: records.Example, max_side: int) -> records.Example:
+    """The example with its image shrunk (aspect kept) so its longer side is at most `max_side`.
+
+    Smaller images are kept byte for byte; a shrunk one is re-encoded in its own format (JPEG at
+    quality 95, otherwise PNG).
+    """
+    with Image.open(io.BytesIO(example.image)) as image:
+        if max(image.size) <= max_side:
+            return example
+        fmt = "JPEG" if image.format == "JPEG" else "PNG"
+        scale = max_side / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        shrunk = image.convert("RGB" if fmt == "JPEG" else image.mode).resize(size, Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    shrunk.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return dataclasses.replace(example, image=buf.getvalue())
+
+
+class Resized:
+    """A listing's examples resized by `resize_example` (a picklable `get_example`)."""
+
+    def __init__(self, listing: Listing, max_side: int):
+        self.listing, self.max_side = listing, max_side
+
+    def __call__(self, index: int) -> records.Example:
+        return resize_example(self.listing.example(index), self.max_side)
+
+
+def example_fn(listing: Listing, max_side: int = 0) -> Callable[[int], records.Example]:
+    """`index -> Example` of a listing, resized when `max_side` > 0."""
+    return Resized(listing, max_side) if max_side else listing.example
 
 
 # -------------------------------------------------------------------------------------- listings
@@ -213,6 +307,7 @@ class TfdsListing(Listing):
             name, split=split, data_dir=data_dir, download=False, decoders={image_key: tfds.decode.SkipDecoding()}
         )
         self.name, self.split, self.image_key, self.label_key = name, split, image_key, label_key
+        self.data_dir = data_dir
         self.label_names = _label_names(builder.info.features[label_key])
         self.id_key = next((k for k in _ID_KEYS if k in builder.info.features), None)
         self.prepared_from = {
@@ -224,6 +319,9 @@ class TfdsListing(Listing):
 
     def __len__(self) -> int:
         return len(self.source)
+
+    def __reduce__(self):  # a Beam worker reopens the dataset rather than unpickling a file handle
+        return TfdsListing, (self.name, self.split, self.data_dir, self.image_key, self.label_key)
 
     def _read(self, index: int) -> tuple[dict, tuple[int, ...], str]:
         element = self.source[index]
@@ -291,17 +389,19 @@ def convert(
     num_shards: int | None = None,
     hierarchy: dict[str, list[str]] | None = None,
     overwrite: bool = False,
+    max_side: int = 0,
     process_index: int = 0,
     process_count: int = 1,
     barrier: Callable[[str], None] = no_barrier,
 ) -> manifest.ShardSet:
-    """Converts a listing into a shard set once (a finished one is left alone unless `overwrite`)."""
-    if (done := _done(out_dir, overwrite)) is not None:
+    """Converts a listing into a shard set once (a finished one is left alone unless `overwrite`);
+    `max_side` > 0 shrinks larger images to it (`resize_example`)."""
+    if (done := finished(out_dir, overwrite)) is not None:
         return done
     return write_shard_set(
         out_dir,
         len(listing),
-        listing.example,
+        example_fn(listing, max_side),
         label_names=listing.label_names,
         num_shards=num_shards,
         hierarchy=hierarchy,
@@ -339,7 +439,7 @@ def convert_tfds(
     overwrite: bool = False,
 ) -> manifest.ShardSet:
     """Converts one split (any TFDS split spec, e.g. "train[:90%]") of a prepared TFDS dataset."""
-    if (done := _done(out_dir, overwrite)) is not None:
+    if (done := finished(out_dir, overwrite)) is not None:
         return done
     listing = TfdsListing(name, split, data_dir, image_key, label_key)
     return convert(listing, out_dir, num_shards=num_shards, hierarchy=hierarchy, overwrite=True)
@@ -408,7 +508,7 @@ def convert_image_folder(
     overwrite: bool = False,
 ) -> manifest.ShardSet:
     """`root/<class name>/<image>`: one folder per class; labels in sorted folder-name order."""
-    if (done := _done(out_dir, overwrite)) is not None:
+    if (done := finished(out_dir, overwrite)) is not None:
         return done
     return convert(folder_listing(root), out_dir, num_shards=num_shards, hierarchy=hierarchy, overwrite=True)
 
@@ -424,7 +524,7 @@ def convert_csv(
     overwrite: bool = False,
 ) -> manifest.ShardSet:
     """A CSV of image paths and labels (see `csv_listing`)."""
-    if (done := _done(out_dir, overwrite)) is not None:
+    if (done := finished(out_dir, overwrite)) is not None:
         return done
     listing = csv_listing(csv_path, label_names=label_names, label_separator=label_separator)
     return convert(listing, out_dir, num_shards=num_shards, hierarchy=hierarchy, overwrite=True)

@@ -50,6 +50,7 @@ def side_config(kind: str = "tfds", **fields) -> ml_collections.ConfigDict:
     c.hierarchy = ""  # JSON file: parent -> list of children
     c.wordnet_is_a = ""  # "parent child" WordNet id pairs
     c.num_shards = 0  # 0: one shard per 1024 records
+    c.max_side = 0  # > 0: images with a longer side are shrunk to it when prepared (0: kept as stored)
     c.validation_fraction = 0.0
     c.validation_seed = 0
     for key, value in fields.items():
@@ -86,6 +87,8 @@ def _check_side(side_name: str, side: ml_collections.ConfigDict, check_paths: bo
     key = f"data.{side_name}"
     if side.kind not in SIDE_KINDS:
         raise _error(f"{key}.kind", side.kind, "one of " + ", ".join(repr(k) for k in SIDE_KINDS))
+    if not isinstance(side.max_side, int) or side.max_side < 0:
+        raise _error(f"{key}.max_side", side.max_side, "an integer >= 0 (0 = images kept as stored)")
     if not isinstance(side.num_shards, int) or side.num_shards < 0:
         raise _error(f"{key}.num_shards", side.num_shards, "an integer >= 0 (0 = one shard per 1024 records)")
     if not 0 <= side.validation_fraction < 1:
@@ -188,12 +191,14 @@ def prepare_data(
     process_index: int = 0,
     process_count: int = 1,
     barrier: Callable[[str], None] = prepare.no_barrier,
+    convert: Callable[..., object] = prepare.convert,
 ) -> None:
     """Converts the source into `source_dir` and the target's splits into `target_dir(split)` (folders
     of `target_root`, where the embedded builder writes both), once.
 
     Each conversion is skipped when its manifest exists, resumes shard by shard, and splits its
-    shards over the processes (`data.prepare.write_shard_set`).
+    shards over the processes (`data.prepare.write_shard_set`); `convert` is `data.prepare.convert`
+    or the Beam pipeline's (`data.beam_prepare.converter`).
     """
     from data import embedded
 
@@ -222,4 +227,11 @@ def prepare_data(
                 else (examples,)
             )
             for part, piece in zip(parts, pieces, strict=True):
-                prepare.convert(piece, dirs[part], num_shards=side.num_shards or None, hierarchy=tree, **multihost)
+                convert(
+                    piece,
+                    dirs[part],
+                    num_shards=side.num_shards or None,
+                    hierarchy=tree,
+                    max_side=side.max_side,
+                    **multihost,
+                )

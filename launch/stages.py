@@ -48,7 +48,7 @@ def stage_prepare(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     """Both sides converted (or rendered) once into the record format; each process writes its part."""
     import jax
 
-    from data import sides
+    from data import beam_prepare, prepare, sides
 
     sides.prepare_data(
         config.data,
@@ -58,6 +58,7 @@ def stage_prepare(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         barrier=_barrier,
+        convert=beam_prepare.converter(config.data.beam) if config.data.preparer == "beam" else prepare.convert,
     )
     source = manifest.load_manifest(ws.source)
     train, test = (manifest.load_manifest(ws.target(s)) for s in ("train", "test"))

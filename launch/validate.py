@@ -153,7 +153,7 @@ def _check_seeds(key: str, seeds: Any) -> None:
         raise _fail(key, seeds, "a tuple of distinct seeds")
 
 
-WRITERS = ("inprocess", "beam")  # selection.writer
+WRITERS = ("inprocess", "beam")  # selection.writer, data.preparer
 
 
 def _check_beam(config: ml_collections.ConfigDict, prefix: str) -> None:
@@ -285,6 +285,9 @@ def check_config(config: ml_collections.ConfigDict, check_paths: bool = True) ->
     _check_seeds("finetune.seeds", config.finetune.seeds)
     _check(config, {"weights.temperature": number_above(0), "weights.batch_size": int_at_least(1)})
     _check_selection(config)
+    _check(config, {"data.preparer": one_of(WRITERS)})
+    if _get(config, "data.preparer") == "beam":
+        _check_beam(config, "data.beam")
     _check(config, {"report.top_labels": int_at_least(1), "report.plot_top_labels": int_at_least(1)}, required=False)
     try:
         sides.check_data_config(config.data, check_paths)
