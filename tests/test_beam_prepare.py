@@ -14,10 +14,15 @@ import pytest
 from PIL import Image
 
 from data import beam_prepare, beam_runner, manifest, prepare, records
-from tests.test_prepare import tfds_dir  # noqa: F401  (fixture: the offline TFDS dataset)
+from tests import tfds_testlib
 from tests.test_real_data import _image, write_csv_source, write_folder_target
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    return tfds_testlib.build(tmp_path_factory)
 
 
 def direct(workers: int):
@@ -73,7 +78,7 @@ def test_unreadable_images_are_skipped_counted_and_named(tmp_path, capsys):
     assert b"owl/broken.png" not in ids and len(ids) == 12
 
 
-def test_tfds_source_and_resize(tfds_dir, tmp_path):  # noqa: F811
+def test_tfds_source_and_resize(tfds_dir, tmp_path):
     listing = prepare.TfdsListing("tiny_pets_for_test", "train", tfds_dir, "image", "label")
     reference = prepare.convert(listing, str(tmp_path / "inprocess"), num_shards=2)
     beam = beam_prepare.convert(listing, str(tmp_path / "beam"), num_shards=2, beam_config=direct(1))

@@ -6,57 +6,16 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from data import hierarchy, manifest, pipeline, prepare, records
-
-
-def _png(i: int, size=(9, 7)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, (i * 20 % 256, 3, 200)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-class TinyPetsForTest(tfds.core.GeneratorBasedBuilder):
-    """A 3-class, multi-label-capable TFDS dataset generated offline (no downloads at all)."""
-
-    VERSION = tfds.core.Version("1.0.0")
-
-    def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(),
-                    "label": tfds.features.ClassLabel(names=["cat", "dog", "fox"]),
-                    "labels": tfds.features.Sequence(tfds.features.ClassLabel(names=["cat", "dog", "fox"])),
-                    "file_name": tfds.features.Text(),
-                }
-            ),
-        )
-
-    def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples(0, 7), "test": self._generate_examples(100, 3)}
-
-    def _generate_examples(self, start, n):
-        for i in range(start, start + n):
-            yield (
-                f"k{i}",
-                {
-                    "image": io.BytesIO(_png(i)),
-                    "label": i % 3,
-                    "labels": [i % 3, (i + 1) % 3],
-                    "file_name": f"img{i}.png",
-                },
-            )
+from tests import tfds_testlib
+from tests.tfds_testlib import png as _png
 
 
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    TinyPetsForTest(data_dir=data_dir, file_format="array_record").download_and_prepare()
-    return data_dir
+    return tfds_testlib.build(tmp_path_factory)
 
 
 def _records(shard_set):

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from data import manifest, prepare, records
-from tests.test_prepare import TinyPetsForTest
+from tests import tfds_testlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("heron", "owl", "wren")
@@ -147,9 +147,7 @@ def test_folder_target_and_multilabel_csv_source_end_to_end(tmp_path):
 
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    TinyPetsForTest(data_dir=data_dir, file_format="array_record").download_and_prepare()
-    return data_dir
+    return tfds_testlib.build(tmp_path_factory)
 
 
 def test_tfds_target_end_to_end(tmp_path, tfds_dir):
