@@ -165,7 +165,8 @@ def write_manifest(
     hierarchy: dict[str, list[str]] | None,
     extra: dict[str, Any] | None,
 ) -> None:
-    """The manifest (written last) from every shard's `read_done` record; then the `.json` files go."""
+    """The manifest (written last) from every shard's `read_done` record; then the `.json` files and
+    any temp file of a killed writer go."""
     label_counts = np.sum([d["label_counts"] for d in done], axis=0, dtype=np.int64)
     if hierarchy:
         hierarchy_lib.validate(hierarchy)
@@ -181,6 +182,10 @@ def write_manifest(
     )
     for name in names:  # the manifest now holds what they recorded
         os.remove(os.path.join(out_dir, name + _SIDECAR))
+    listed = set(names)
+    for entry in os.listdir(out_dir):  # temp files of writers killed before their rename
+        if ".tmp" in entry and entry.split(".tmp")[0].removesuffix(_SIDECAR) in listed:
+            os.remove(os.path.join(out_dir, entry))
 
 
 def encode_checked(example: records.Example, index: int, num_labels: int) -> bytes:
