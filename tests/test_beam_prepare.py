@@ -1,6 +1,6 @@
 """Source preparation as a Beam pipeline (direct runner): the in-process converter's bytes with 1 and 2
 workers, unreadable images skipped and named in bad_images.jsonl, TFDS input, resizing, a killed run
-resumed to the same bytes, and the dry run."""
+resumed to the same bytes, the dry run, and launch.main with both jobs on Beam."""
 
 import io
 import json
@@ -143,3 +143,33 @@ def test_dry_run_prints_the_graph_and_writes_nothing(tmp_path, capsys):
     assert "--runner=FlinkRunner --flink_master=localhost:8081" in printed
     assert "transform: ConvertShard  <- SpreadShards" in printed and "transform: WriteManifest  <- AllShards" in printed
     assert not os.path.exists(out)
+
+
+@pytest.mark.slow
+def test_launch_main_with_both_jobs_on_beam(tmp_path):
+    """`python -m launch.main` with data.preparer=beam and selection.writer=beam: a bad source image is
+    listed, not fatal; both jobs log their counters; the selected sets are complete."""
+    from tests.test_real_data import launch, write_config
+
+    write_folder_target(tmp_path / "target")
+    write_csv_source(tmp_path / "source")
+    (tmp_path / "source" / "images" / "broken.png").write_bytes(b"not an image")
+    with open(tmp_path / "source" / "labels.csv", "a") as handle:
+        handle.write("images/broken.png,owl\n")
+    config = write_config(
+        tmp_path / "config.py",
+        source=dict(kind="csv", path=str(tmp_path / "source"), train_split="labels.csv", num_shards=3),
+        target=dict(kind="folder", path=str(tmp_path / "target")),
+    )
+    workdir = tmp_path / "work"
+    result = launch(config, workdir, "--config.data.preparer=beam", "--config.selection.writer=beam")
+    assert "'prepare/examples_skipped': 1" in result.stdout and "'prepare/examples_written': 64" in result.stdout
+    assert result.stdout.count("[beam] select: done") == 2  # one job per method (same, elastic)
+    source = manifest.load_manifest(str(workdir / "data" / "source"))
+    assert source.num_records == 64 and source.extra["bad_images"]["count"] == 1
+    (bad,) = [json.loads(line) for line in open(workdir / "data" / "source" / "bad_images.jsonl")]
+    assert bad["error"].startswith(str(tmp_path / "source" / "images" / "broken.png"))
+    for method in ("same", "elastic"):
+        selected = manifest.load_manifest(str(workdir / "selected" / method))
+        assert selected.num_records == 40
+    assert (workdir / "report.md").exists()
