@@ -129,7 +129,7 @@ def stage_weights(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     batches = pipeline.eval_batches(  # the batches carry target labels; Pt never reads them
         ws.target("train"),
         global_batch_size=config.weights.batch_size,
-        image_size=config.model.image_size,
+        image_size=config.pretrain.image_size,  # the source model's resolution (may be below fine-tuning's)
         num_classes=target.num_labels,
     )
     pt = weights.target_label_distribution(
@@ -196,10 +196,10 @@ def stage_select(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
             size=choice.size,
             params=config.selection[choice.method],
             source_dir=ws.source,
-            scratch_dir=ws.selection_scratch(name),
+            scratch_dir=ws.selection_scratch(choice.method),  # scores and helper networks serve every size
             target_dir=ws.target("train"),
             seed=config.seed,
-            source_model=lambda: (*_entire_source_model(config, ws), int(config.model.image_size)),
+            source_model=lambda: (*_entire_source_model(config, ws), int(config.pretrain.image_size)),
         )
         start = time.time()
         selection = method.plan(context)

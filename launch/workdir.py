@@ -16,7 +16,7 @@ Every stage writes only under its own folder, and a stage is complete when its m
     .../label_sums/label_sums-<shard>.npz per-label feature sums of one source shard (emd)
     .../domain_data/{train,heldout}/      the domain classifier's target-vs-source sets
     .../classifier/, .../extractor/       the helper networks' trainer work dirs
-    .../result.json                       the method's selection (ids or planned draws) and its costs
+    .../result-<size>.json                the method's selection (ids or planned draws) and its costs
   finetune/<choice>/seed_<s>/             fine-tuning runs and their test metrics (finetune)
   finetune/results.json                   test metrics of every fine-tuning run (finetune)
   finetune/<choice>/induction.json        kNN induction accuracy of its pre-trained features (finetune)

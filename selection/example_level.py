@@ -38,7 +38,7 @@ from selection import emd_similarity, scoring
 from selection import kmeans_filter as kmeans_lib
 
 DOMAIN_LABELS = ["source", "target"]
-RESULT_NAME = "result.json"
+RESULT_NAME = "result-{}.json"  # per selected size: the scores and helper networks serve every size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,9 +165,9 @@ def _train_helper(helper: Helper, train_dir: str, run_dir: str, stage_name: str)
     return build_model(model_config), variables, model_config, int(run["steps"]) * int(run["global_batch_size"])
 
 
-def _cached(work_dir: str, compute) -> ExampleSelection:
+def _cached(work_dir: str, size: int, compute) -> ExampleSelection:
     """The selection of a finished run, or `compute()` saved atomically (ids hex-encoded)."""
-    path = os.path.join(work_dir, RESULT_NAME)
+    path = os.path.join(work_dir, RESULT_NAME.format(int(size)))
     if os.path.exists(path):
         raw = atomic.read_json(path)
         return ExampleSelection({bytes.fromhex(k): 1 for k in raw["selected"]}, raw["info"])
@@ -221,7 +221,7 @@ def domain_classifier_cnn(
         }
         return ExampleSelection(plan, info)
 
-    return _cached(work_dir, compute)
+    return _cached(work_dir, size, compute)
 
 
 def _feature_fn(model, variables, batch_size: int):
@@ -290,7 +290,7 @@ def domain_classifier_logistic(
         forwarded = scoring.images_forwarded(paths) + len(target) + len(source_sample)
         return ExampleSelection(plan, {"scoring_images": forwarded, "fit_accuracy": fit_accuracy})
 
-    return _cached(work_dir, compute)
+    return _cached(work_dir, size, compute)
 
 
 def kmeans_filter(
@@ -327,7 +327,7 @@ def kmeans_filter(
         info = {"scoring_images": scoring.images_forwarded(paths) + len(target), "helper_images_seen": seen}
         return ExampleSelection(plan, info)
 
-    return _cached(work_dir, compute)
+    return _cached(work_dir, size, compute)
 
 
 def random_keys(ids: list[bytes], seed: int) -> np.ndarray:
@@ -351,7 +351,7 @@ def random_examples(source_dir: str, work_dir: str, *, size: int, seed: int) -> 
         )
         return ExampleSelection(scoring.select_examples(paths, size=size, largest=True), {"scoring_images": 0})
 
-    return _cached(work_dir, compute)
+    return _cached(work_dir, size, compute)
 
 
 def emd_labels(
@@ -366,7 +366,7 @@ def emd_labels(
     batch_size: int,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Cui et al.'s label selection: (planned draws per source label, info); see the module doc."""
-    path = os.path.join(work_dir, RESULT_NAME)
+    path = os.path.join(work_dir, RESULT_NAME.format(int(size)))
     if os.path.exists(path):
         raw = atomic.read_json(path)
         return np.asarray(raw["planned"], np.float64), raw["info"]

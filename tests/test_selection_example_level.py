@@ -89,6 +89,13 @@ def test_domain_classifier_cnn_ranks_planted_target_like_images_on_top(data):
         source_dir, target_dir, work, size=10, helper=_helper(), holdout_fraction=0.25, batch_size=32, seed=0
     )
     assert again.plan == result.plan and again.info == result.info
+    # Another size reuses the classifier and the scores: its top 5 are within the top 10.
+    final = os.path.join(work, "classifier", "final.json")
+    stamp = os.stat(final).st_mtime_ns
+    smaller = example_level.domain_classifier_cnn(
+        source_dir, target_dir, work, size=5, helper=_helper(), holdout_fraction=0.25, batch_size=32, seed=0
+    )
+    assert set(smaller.plan) < set(result.plan) and os.stat(final).st_mtime_ns == stamp
 
 
 def test_domain_classifier_logistic_on_fixed_features(data):
