@@ -6,10 +6,11 @@ is `selection.allocation`'s via `selection.write`'s `Job`/`global_allocation`/`s
 for the same plan and seed the shards and the manifest are byte-identical to the in-process
 writer's, whatever the runner or worker count. The graph:
 
-  SourceShards -> Scan (per-shard attributed label counts) -> AllSummaries -> Allocate (one global
-  allocation, a side input) ; SourceShards -> Select (each shard's copies keyed by output shard, with
-  their positions) -> GroupByOutputShard -> WriteShard (sorted by position, atomic, sha256) ->
-  WriteManifest (last, once every shard is written).
+  SourceShards -> Scan (per-shard attributed label counts) -> AllSummaries -> Allocate (the one
+  global allocation) -> PerShardAllocation (each shard's own entries; the small global part is a
+  side input) -> Select (each shard's copies keyed by output shard, with their positions) ->
+  GroupByOutputShard -> WriteShard (sorted by position, atomic, sha256) -> WriteManifest (last,
+  once every shard is written).
 
 A killed run leaves whole shard files (each written atomically) and no manifest, so the set is not
 taken as complete; a rerun rewrites the same bytes and then the manifest.
@@ -24,6 +25,7 @@ CLI (the planned draws and weights of a plan CSV as `LabelPlan.to_csv` writes it
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
@@ -52,11 +54,28 @@ def _allocate(summaries: list, job: write.Job) -> write.Allocation:
     return write.global_allocation(job, [summary for _, summary in sorted(summaries, key=lambda kv: kv[0])])
 
 
-def _select(s: int, job: write.Job, alloc: write.Allocation):
+def _per_shard(alloc: write.Allocation):
+    """(s, shard s's entries of the allocation) for every source shard: at corpus scale the allocation
+    has ~10^8 (shard, label) entries, so each Select gets only its own instead of a broadcast of all."""
+    for s in range(len(alloc.totals)):
+        if alloc.coo is None:
+            yield s, None
+        else:
+            lo, hi = np.searchsorted(alloc.coo[0], [s, s + 1])
+            yield s, np.ascontiguousarray(alloc.coo[:, lo:hi])
+
+
+def _without_entries(alloc: write.Allocation) -> write.Allocation:
+    """The allocation's small global part (per-shard totals, output bounds, realised plan): a side input."""
+    return dataclasses.replace(alloc, coo=None)
+
+
+def _select(item: tuple[int, np.ndarray | None], job: write.Job, alloc: write.Allocation):
     """Source shard s's weighted copies as (output shard, (position, record)); its stats on "stats"."""
     import apache_beam as beam
 
-    selected = write.select_shard(job, alloc, s)
+    s, entries = item
+    selected = write.select_shard(job, dataclasses.replace(alloc, coo=entries), s)
     read = job.source.record_counts[s]
     chosen = int(selected.stats["unique"].sum())
     _counter("examples_read").inc(read)
@@ -92,15 +111,17 @@ def build_pipeline(pipeline, job: write.Job) -> None:
     """Adds the write of `job` to `pipeline`."""
     import apache_beam as beam
 
-    shards = pipeline | "SourceShards" >> beam.Create(list(range(len(job.source.files))))
-    alloc = beam.pvalue.AsSingleton(
-        shards
+    full = (
+        pipeline
+        | "SourceShards" >> beam.Create(list(range(len(job.source.files))))
         | "Scan" >> beam.Map(_summarise, job)
         | "AllSummaries" >> beam.combiners.ToList()
         | "Allocate" >> beam.Map(_allocate, job)
     )
+    alloc = beam.pvalue.AsSingleton(full | "GlobalPart" >> beam.Map(_without_entries))
     selected = (
-        shards
+        full
+        | "PerShardAllocation" >> beam.FlatMap(_per_shard)
         | "SpreadShards" >> beam.Reshuffle()
         | "Select" >> beam.FlatMap(_select, job, alloc).with_outputs("stats", main="copies")
     )
