@@ -123,6 +123,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             c.selection[name].batch_size = 32
     c.selection.emd.batch_size = 32 if tiny else 256
 
+    # "scratch": every selected set is pre-trained from random weights (Ngiam et al.); "entire_source":
+    # it continues the entire-source model for `steps` more steps (0: pretrain.steps), Chakraborty et
+    # al.'s sequential pre-training / ImageNet+ (the new head is kept: the label set is the same).
+    c.pretrain_selected = ml_collections.ConfigDict({"init": "scratch", "steps": 0})
+
     c.finetune = trainer_config.finetune_config()
     c.finetune.global_batch_size = 16 if tiny else 32
     c.finetune.steps = 4 if tiny else 150

@@ -82,7 +82,18 @@ def pretrain_run_config(config: ml_collections.ConfigDict, method: str | None) -
     """
     run_config = ml_collections.ConfigDict(config.pretrain.to_dict())
     run_config.use_example_weights = method is not None and methods_lib.get(method).weighted_loss
+    if method is not None and _continues_source(config) and config.pretrain_selected.steps:
+        run_config.steps = int(config.pretrain_selected.steps)
+        run_config.warmup_steps = min(int(run_config.warmup_steps), run_config.steps // 10)
     return run_config
+
+
+def _continues_source(config: ml_collections.ConfigDict) -> bool:
+    """`pretrain_selected.init` = 'entire_source': a selected set's pre-training continues the
+    entire-source model (Chakraborty et al.'s sequential pre-training, 4.3, and their "ImageNet+":
+    a pre-trained model tuned on the filtered subset for `pretrain_selected.steps` more steps)."""
+    section = config.get("pretrain_selected")
+    return section is not None and section.init == "entire_source"
 
 
 def _pretrain(
@@ -96,6 +107,7 @@ def _pretrain(
         model_config=_model_config(config, source.num_labels),
         train_dir=train_dir,
         workdir=ws.pretrain(choice),
+        init_from=ws.pretrain(ENTIRE_SOURCE) if method is not None and _continues_source(config) else None,
         stage_name=f"pretrain/{choice}",
     )
 

@@ -285,6 +285,11 @@ def check_config(config: ml_collections.ConfigDict, check_paths: bool = True) ->
     _check_seeds("finetune.seeds", config.finetune.seeds)
     _check(config, {"weights.temperature": number_above(0), "weights.batch_size": int_at_least(1)})
     _check_selection(config)
+    _check(
+        config,
+        {"pretrain_selected.init": one_of(("scratch", "entire_source")), "pretrain_selected.steps": int_at_least(0)},
+        required=False,
+    )
     _check(config, {"data.preparer": one_of(WRITERS)})
     if _get(config, "data.preparer") == "beam":
         _check_beam(config, "data.beam")

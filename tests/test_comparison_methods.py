@@ -87,3 +87,30 @@ def test_tiny_flow_writes_a_shard_set_for_all_eleven_methods(tmp_path):
     huh = manifest.load_manifest(ws.selected("huh"))
     assert huh.label_names == ["latin_upper", "greek_lower", "digit", "math"]  # merged to depth 1
     assert select["huh"]["pretraining_labels"] == 4
+
+
+@pytest.mark.slow
+def test_sequential_pretraining_continues_the_entire_source_model(tmp_path, capsys):
+    import numpy as np
+
+    from trainer import checkpoint
+
+    config = demo.get_config("tiny")
+    config.selection.methods = ("random", "huh")
+    config.pretrain_selected.init = "entire_source"
+    config.pretrain_selected.steps = 2
+    summaries = stages.run_pipeline(
+        config, str(tmp_path), ["prepare", "pretrain_source", "weights", "select", "pretrain_selected"]
+    )
+    ws = Workspace(str(tmp_path))
+    out = capsys.readouterr().out
+    assert f"[pretrain/random] initialised from {ws.pretrain('entire_source')}" in out
+    assert summaries["pretrain_selected"]["random"]["steps"] == 2  # pretrain_selected.steps, not pretrain.steps
+    source = checkpoint.load_variables(ws.pretrain("entire_source"), use_ema=False)["params"]
+    tuned = checkpoint.load_variables(ws.pretrain("random"), use_ema=False)["params"]
+    coarse = checkpoint.load_variables(ws.pretrain("huh"), use_ema=False)["params"]
+    assert tuned["head"]["kernel"].shape == source["head"]["kernel"].shape  # same labels: head kept
+    assert coarse["head"]["kernel"].shape[-1] == 4  # Huh's coarse labels: a new head
+    # Two steps away from the source model, far closer to it than a fresh initialisation is.
+    drift = np.abs(tuned["stage_0"]["ConvBN_0"]["conv"]["kernel"] - source["stage_0"]["ConvBN_0"]["conv"]["kernel"])
+    assert float(drift.max()) < 0.05
