@@ -109,18 +109,7 @@ def main() -> None:
     if args.keras_peer:
         images = rng.uniform(-1, 1, (args.batch, args.image_size, args.image_size, 3)).astype(np.float32)
         timed["keras"], peer_info = keras_peer(args, config, images, np.eye(args.num_classes, dtype=np.float32)[labels])
-    # Alternate blocks of --block steps (ours, keras, ours, ...) so that load changes on a shared host hit both.
-    blocks = {name: [] for name in timed}
-    cpu = {name: 0.0 for name in timed}
-    done = 0
-    while done < args.steps:
-        n = min(args.block if args.keras_peer else args.steps, args.steps - done)
-        for name, run in timed.items():
-            wall0, cpu0 = time.perf_counter(), time.process_time()
-            run(n)
-            blocks[name].append((time.perf_counter() - wall0) / n)
-            cpu[name] += time.process_time() - cpu0
-        done += n
+    blocks, cpu = interleave(timed, args.steps, args.block if args.keras_peer else args.steps)
     results = {}
     for name in timed:
         step_s = sum(b for b in blocks[name]) / len(blocks[name])
@@ -159,8 +148,29 @@ def main() -> None:
         )
 
 
-def keras_peer(args, config, images, one_hot):
-    """Keras 3 InceptionV3 (JAX backend) with `--warmup` `train_on_batch` calls done: (run(steps), info)."""
+def interleave(timed: dict, steps: int, block: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Runs each `timed[name](n)` for `steps` steps in alternating blocks of `block` (a, b, a, b, ...), so
+    that a load change on a shared host hits every contender; returns (seconds per step of each block,
+    CPU-seconds in total) per name."""
+    blocks: dict[str, list[float]] = {name: [] for name in timed}
+    cpu = {name: 0.0 for name in timed}
+    done = 0
+    while done < steps:
+        n = min(block, steps - done)
+        for name, run in timed.items():
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            run(n)
+            blocks[name].append((time.perf_counter() - wall0) / n)
+            cpu[name] += time.process_time() - cpu0
+        done += n
+    return blocks, cpu
+
+
+def keras_peer(args, config, images, one_hot, build=None):
+    """Keras 3 InceptionV3 (JAX backend) with `--warmup` `train_on_batch` calls done: (run(steps), info).
+
+    `build(input_shape, classes)` replaces the Keras model (the accelerator benchmark's CPU smoke mode
+    passes a tiny one); by default it is `keras.applications.InceptionV3(weights=None)`."""
     import jax
     import keras
 
@@ -169,9 +179,11 @@ def keras_peer(args, config, images, one_hot):
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     keras.utils.set_random_seed(0)
     started = time.perf_counter()
-    model = keras.applications.InceptionV3(
-        weights=None, input_shape=(args.image_size, args.image_size, 3), classes=args.num_classes
-    )
+    shape = (args.image_size, args.image_size, 3)
+    if build is None:
+        model = keras.applications.InceptionV3(weights=None, input_shape=shape, classes=args.num_classes)
+    else:
+        model = build(shape, args.num_classes)
     ema = float(config.ema_decay)
     model.compile(
         optimizer=keras.optimizers.SGD(
@@ -194,7 +206,7 @@ def keras_peer(args, config, images, one_hot):
             model.train_on_batch(x, y)
 
     return run, {
-        "peer": f"keras {keras.__version__} InceptionV3 train_on_batch ({keras.backend.backend()} backend)",
+        "peer": f"keras {keras.__version__} {model.name} train_on_batch ({keras.backend.backend()} backend)",
         "image_size": args.image_size,
         "batch": args.batch,
         "dtype": args.dtype,

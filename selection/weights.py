@@ -20,6 +20,7 @@ Two per-example rules follow from the labels' weights:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,26 @@ import numpy as np
 from data import atomic
 
 EXAMPLE_WEIGHT_RULES = ("max", "mean", "first")
+_MAX_IN_FLIGHT = 3  # forward passes dispatched ahead of the host reading their sums
+
+
+@functools.lru_cache(maxsize=4)
+def _masked_sums_program(apply_fn: Callable[[Any, Any], Any], num_labels: int, temperature: float) -> Callable:
+    """The jitted per-batch sums, built once per (apply_fn, num_labels, temperature): a second pass
+    with the same model function reuses the compiled program instead of tracing a new closure."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def masked_sums(variables, images, mask):
+        logits = apply_fn(variables, images).astype(jnp.float32)
+        if logits.shape[-1] != num_labels:
+            raise ValueError(f"model gives {logits.shape[-1]} logits, expected num_labels={num_labels}")
+        probs = jax.nn.softmax(logits / temperature, axis=-1)
+        weights = mask.astype(jnp.float32)
+        return jnp.sum(probs * weights[:, None], axis=0), jnp.sum(weights)
+
+    return masked_sums
 
 
 def target_label_distribution(
@@ -47,7 +68,6 @@ def target_label_distribution(
     every process and so is the returned Pt. Sums are accumulated in float64 on the host.
     """
     import jax
-    import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     if temperature <= 0:
@@ -59,17 +79,17 @@ def target_label_distribution(
     variables = jax.device_put(variables, replicated)
     local_devices = int(np.prod(mesh.devices.shape)) // jax.process_count()
 
-    @jax.jit
-    def masked_sums(variables, images, mask):
-        logits = apply_fn(variables, images).astype(jnp.float32)
-        if logits.shape[-1] != num_labels:
-            raise ValueError(f"model gives {logits.shape[-1]} logits, expected num_labels={num_labels}")
-        probs = jax.nn.softmax(logits / temperature, axis=-1)
-        weights = mask.astype(jnp.float32)
-        return jnp.sum(probs * weights[:, None], axis=0), jnp.sum(weights)
-
+    masked_sums = _masked_sums_program(apply_fn, int(num_labels), float(temperature))
     total = np.zeros(num_labels, np.float64)
     count = 0.0
+    pending: list = []  # device results not yet read; reading one is a host sync, so only old ones are
+
+    def read_oldest() -> None:
+        nonlocal count
+        sums, n = jax.device_get(pending.pop(0))
+        total[:] += np.asarray(sums, np.float64)
+        count += float(n)
+
     for batch in batches:
         images = np.asarray(batch["image"], np.float32)
         mask = np.asarray(batch["mask"], bool)
@@ -77,13 +97,17 @@ def target_label_distribution(
         if pad:
             images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
             mask = np.concatenate([mask, np.zeros(pad, bool)])
-        sums, n = masked_sums(
-            variables,
-            jax.make_array_from_process_local_data(data_sharding, images),
-            jax.make_array_from_process_local_data(data_sharding, mask),
+        pending.append(
+            masked_sums(
+                variables,
+                jax.make_array_from_process_local_data(data_sharding, images),
+                jax.make_array_from_process_local_data(data_sharding, mask),
+            )
         )
-        total += np.asarray(sums, np.float64)
-        count += float(n)
+        if len(pending) > _MAX_IN_FLIGHT:  # waits only when the device is this many batches behind
+            read_oldest()
+    while pending:
+        read_oldest()
     if count == 0:
         raise ValueError("no unmasked target images: Pt is undefined")
     return total / count
