@@ -128,6 +128,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # al.'s sequential pre-training / ImageNet+ (the new head is kept: the label set is the same).
     c.pretrain_selected = ml_collections.ConfigDict({"init": "scratch", "steps": 0})
 
+    # Cui et al.'s long-tail fine-tuning: after fine-tuning, `steps` more at `learning_rate` on a
+    # class-balanced subset of the target (`per_class` images per class, 0: the smallest class's
+    # count); the test metrics are then the second stage's. 0 steps: off (the demo target is balanced).
+    c.finetune_balanced = ml_collections.ConfigDict({"steps": 0, "learning_rate": 1e-4, "per_class": 0})
+
     c.finetune = trainer_config.finetune_config()
     c.finetune.global_batch_size = 16 if tiny else 32
     c.finetune.steps = 4 if tiny else 150

@@ -258,6 +258,8 @@ def stage_finetune(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
                 init_from=None if choice == RANDOM_INIT else ws.pretrain(choice),
                 stage_name=f"finetune/{choice}/seed{seed}",
             )
+            if _balanced_steps(config):  # Cui et al.'s second stage on a class-balanced target subset
+                finetune_config, run_dir = _finetune_balanced(config, ws, finetune_config, model_config, choice, seed)
             metrics_path = ws.test_metrics(choice, seed)
             if not os.path.exists(metrics_path):
                 metrics = evaluate.evaluate(
@@ -270,6 +272,70 @@ def stage_finetune(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
             _induction(config, ws, choice)
     atomic.write_json(ws.finetune_results, results)
     return {c: float(np.mean([r["top1"] for r in runs])) for c, runs in results.items()}
+
+
+def _balanced_steps(config: ml_collections.ConfigDict) -> int:
+    section = config.get("finetune_balanced")
+    return int(section.steps) if section is not None else 0
+
+
+def _balanced_target(config: ml_collections.ConfigDict, ws: Workspace) -> str:
+    """The target training set with `finetune_balanced.per_class` images of every class (0: as many
+    as the smallest class has), drawn with the job's seed; written once by the selected-set writer."""
+    from selection import write
+
+    out = ws.balanced_target
+    if os.path.exists(os.path.join(out, manifest.MANIFEST_NAME)):
+        return out
+    target = manifest.load_manifest(ws.target("train"), verify=False)
+    ids, labels = [], []
+    for path in target.files:
+        scan = write.scan_shard(path)
+        ids.extend(scan.ids())
+        labels.extend(scan.labels[scan.offsets[:-1]].tolist())  # an image's first label is its class
+    labels_arr = np.array(labels)
+    present = np.unique(labels_arr)
+    per_class = int(config.finetune_balanced.per_class) or int(np.bincount(labels_arr)[present].min())
+    rng = np.random.default_rng([int(config.seed), 0xBA1A])
+    plan = {}
+    for y in present.tolist():
+        members = np.flatnonzero(labels_arr == y)
+        for i in rng.permutation(members)[:per_class].tolist():
+            plan[ids[i]] = 1
+    write.write_selected(ws.target("train"), plan, out, records_per_shard=max(len(plan), 1), seed=int(config.seed))
+    return out
+
+
+def _finetune_balanced(
+    config: ml_collections.ConfigDict,
+    ws: Workspace,
+    finetune_config: ml_collections.ConfigDict,
+    model_config: ml_collections.ConfigDict,
+    choice: str,
+    seed: int,
+) -> tuple[ml_collections.ConfigDict, str]:
+    """Cui et al.'s long-tail fine-tuning: the fine-tuned model trained on for `finetune_balanced.steps`
+    at `finetune_balanced.learning_rate` on a class-balanced subset of the target; returns the second
+    stage's (trainer config, run dir), which the test metrics then evaluate."""
+    from trainer import train
+
+    section = config.finetune_balanced
+    balanced = ml_collections.ConfigDict(finetune_config.to_dict())
+    balanced.steps, balanced.epochs = int(section.steps), 0.0
+    balanced.warmup_steps, balanced.warmup_epochs = 0, 0.0
+    balanced.learning_rate = float(section.learning_rate)
+    balanced.end_learning_rate = min(float(balanced.end_learning_rate), balanced.learning_rate)
+    balanced.reinit_head = "never"  # same classes: continue the fine-tuned head
+    second = ws.finetune_balanced(choice, seed)
+    train.train(
+        balanced,
+        model_config=model_config,
+        train_dir=_balanced_target(config, ws),
+        workdir=second,
+        init_from=ws.finetune(choice, seed),
+        stage_name=f"finetune_balanced/{choice}/seed{seed}",
+    )
+    return balanced, second
 
 
 def _induction(config: ml_collections.ConfigDict, ws: Workspace, choice: str) -> None:

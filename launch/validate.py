@@ -287,7 +287,13 @@ def check_config(config: ml_collections.ConfigDict, check_paths: bool = True) ->
     _check_selection(config)
     _check(
         config,
-        {"pretrain_selected.init": one_of(("scratch", "entire_source")), "pretrain_selected.steps": int_at_least(0)},
+        {
+            "pretrain_selected.init": one_of(("scratch", "entire_source")),
+            "pretrain_selected.steps": int_at_least(0),
+            "finetune_balanced.steps": int_at_least(0),
+            "finetune_balanced.learning_rate": number_above(0),
+            "finetune_balanced.per_class": int_at_least(0),
+        },
         required=False,
     )
     _check(config, {"data.preparer": one_of(WRITERS)})

@@ -18,6 +18,7 @@ Every stage writes only under its own folder, and a stage is complete when its m
     .../classifier/, .../extractor/       the helper networks' trainer work dirs
     .../result-<size>.json                the method's selection (ids or planned draws) and its costs
   finetune/<choice>/seed_<s>/             fine-tuning runs and their test metrics (finetune)
+  finetune/<choice>/seed_<s>/balanced/    its second stage on data/target/train_balanced (finetune_balanced)
   finetune/results.json                   test metrics of every fine-tuning run (finetune)
   finetune/<choice>/induction.json        kNN induction accuracy of its pre-trained features (finetune)
   report.md, report.csv, *.png            the report (report): results.png, accuracy_vs_size.png
@@ -97,6 +98,11 @@ class Workspace:
     def target(self, split: str) -> str:
         return self.path("data", "target", split)
 
+    @property
+    def balanced_target(self) -> str:
+        """A class-balanced subset of the target's training set (finetune_balanced)."""
+        return self.path("data", "target", "train_balanced")
+
     def pretrain(self, choice: str) -> str:
         return self.path("pretrain", choice)
 
@@ -133,6 +139,9 @@ class Workspace:
 
     def finetune(self, choice: str, seed: int) -> str:
         return self.path("finetune", choice, f"seed_{seed}")
+
+    def finetune_balanced(self, choice: str, seed: int) -> str:
+        return os.path.join(self.finetune(choice, seed), "balanced")
 
     def induction(self, choice: str) -> str:
         """kNN induction accuracy of a pre-trained model's features on the target (report.induction)."""

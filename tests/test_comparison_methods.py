@@ -114,3 +114,22 @@ def test_sequential_pretraining_continues_the_entire_source_model(tmp_path, caps
     # Two steps away from the source model, far closer to it than a fresh initialisation is.
     drift = np.abs(tuned["stage_0"]["ConvBN_0"]["conv"]["kernel"] - source["stage_0"]["ConvBN_0"]["conv"]["kernel"])
     assert float(drift.max()) < 0.05
+
+
+@pytest.mark.slow
+def test_long_tail_fine_tuning_second_stage_on_a_balanced_target_subset(tmp_path, capsys):
+    config = demo.get_config("tiny")
+    config.selection.methods = ("random",)
+    config.finetune.seeds = (0,)
+    config.finetune_balanced.steps = 2
+    config.finetune_balanced.per_class = 1
+    stages.run_pipeline(
+        config, str(tmp_path), ["prepare", "pretrain_source", "weights", "select", "pretrain_selected", "finetune"]
+    )
+    ws = Workspace(str(tmp_path))
+    balanced = manifest.load_manifest(ws.balanced_target)
+    assert balanced.num_records == 25 and set(balanced.label_counts) == {1}  # one image of each class
+    out = capsys.readouterr().out
+    assert f"[finetune_balanced/random/seed0] initialised from {ws.finetune('random', 0)}" in out
+    for choice in ("entire_source", "random", "random_init"):
+        assert os.path.exists(os.path.join(ws.finetune_balanced(choice, 0), "final.json"))
