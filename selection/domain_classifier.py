@@ -4,8 +4,9 @@ A binary classifier learns source (0) vs target (1) from all M target examples a
 drawn at random; every source example is then scored with p(target | x) and the N' highest-scoring
 ones are kept, each once. For the Bayes-optimal classifier p = p_t / (p_s + p_t) (their Eqn. 5), so
 the ranking is by the density ratio p_t / p_s. Chakraborty et al. train a CNN end to end as the
-classifier; here it is a logistic regression on penultimate-layer features (standardised), which
-keeps it cheap enough to score a large corpus in one pass.
+classifier, which is the pipeline's `domain_classifier` method (`selection.example_level`); this
+module is its cheaper variant (`classifier="logistic"`): a logistic regression on penultimate-layer
+features (standardised), plus the top-N rule.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ The rule implemented, exactly as in their section 4.1.1:
 The two aggregations differ in kind: "min" keeps source points near any target cluster, "mean"
 favours points near the middle of all centres, which need not be near any target image.
 
-Chakraborty et al. train the feature extractor f on the target dataset itself; the features here
-come from whatever model the caller runs (in this project, usually the source-pre-trained network
-whose penultimate layer is also used by the other selection methods).
+Chakraborty et al. train the feature extractor f on the target dataset itself, and so does the
+pipeline's `kmeans` method (`selection.example_level`: a small CNN trained on the target's labels);
+the functions here take features from whatever model the caller runs.
 """
 
 from __future__ import annotations
