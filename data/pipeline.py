@@ -197,22 +197,26 @@ def train_iterator(
 ) -> grain.DatasetIterator:
     """Per-process training batches {image, label, labels, weight}; `get_state`/`set_state` resume exactly.
 
-    Deterministic for (seed, process_count, worker_count). `verify` checks the manifest's
+    Deterministic for (seed, worker_count), and the same global batches for any process count. `verify`
+    checks the manifest's
     sha256 of every shard first (a full read of the data; turn off for very large corpora).
     """
     pindex, pcount = _process_split(process_index, process_count)
     per_process = _per_process_batch(global_batch_size, pcount)
     source = _open(shard_dir, verify)
+    if len(source) < pcount:
+        raise ValueError(f"{shard_dir}: {len(source)} records cannot feed {pcount} processes")
     ds = grain.MapDataset.source(_SafeSource(source) if skip_corrupt else source)
-    ds = ds.slice(_slice(len(source), pindex, pcount))
-    if len(ds) == 0:
-        raise ValueError(f"{shard_dir}: process {pindex} of {pcount} has no records")
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
-    if augment:
+    if augment:  # seeded per element of the global stream: the same crop whichever process reads it
         prep = _Preprocess(source, image_size, num_classes, True, skip_corrupt, flip, min_crop_area)
-        ds = ds.random_map(prep, seed=(seed * 7919 + pindex + 1) % 2**32)
+        ds = ds.random_map(prep, seed=(seed * 7919 + 1) % 2**32)
     else:
         ds = ds.map(_Preprocess(source, image_size, num_classes, False, skip_corrupt))
+    # Process p takes elements p, p + P, ...: its k-th batch and the other processes' k-th batches are
+    # together exactly the k-th global batch of a one-process run (a disjoint part each), so the job
+    # trains on the same batches whatever the process count.
+    ds = ds[pindex::pcount]
     it = ds.to_iter_dataset(_read_options(read_threads, per_process))
     if worker_count > 0:
         if not flags.FLAGS.is_parsed():  # grain reads absl flags; outside absl.app use defaults

@@ -203,12 +203,15 @@ def prepare_data(
     from data import embedded
 
     kinds = {name: "embedded" if data.kind == "embedded" else data[name].kind for name in SIDES}
-    if kinds["source"] == "embedded" and paths.missing(os.path.join(source_dir, manifest.MANIFEST_NAME)):
-        embedded.build_source(source_dir, data.embedded)
-    if kinds["target"] == "embedded" and any(
-        paths.missing(os.path.join(target_dir(s), manifest.MANIFEST_NAME)) for s in ("train", "test")
-    ):
-        embedded.build_target(target_root, data.embedded)
+    if process_index == 0:  # rendered whole by one process (the same bytes would clash in a shared dir)
+        if kinds["source"] == "embedded" and paths.missing(os.path.join(source_dir, manifest.MANIFEST_NAME)):
+            embedded.build_source(source_dir, data.embedded)
+        if kinds["target"] == "embedded" and any(
+            paths.missing(os.path.join(target_dir(s), manifest.MANIFEST_NAME)) for s in ("train", "test")
+        ):
+            embedded.build_target(target_root, data.embedded)
+    if "embedded" in kinds.values():
+        barrier("embedded data rendered")
     multihost = dict(process_index=process_index, process_count=process_count, barrier=barrier)
     for side_name in SIDES:
         if kinds[side_name] == "embedded":

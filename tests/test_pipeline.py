@@ -69,29 +69,34 @@ def test_batch_contents(tmp_path):
         assert weight == (0.5 if i % 2 else 1.0)
 
 
-def test_two_processes_disjoint_and_cover_each_epoch(tmp_path):
+def test_processes_split_the_one_process_batches(tmp_path):
+    """With P processes, the k-th batches of all processes are, together, the k-th batch of a one-process
+    run, each process holding a disjoint part: the job trains on the same data whatever P is."""
     n = 23
     d = write_set(tmp_path / "s", n)
-    seen = []
-    for p in range(2):
+
+    def batches(p, count, steps=12):
         it = pipeline.train_iterator(
             d,
-            global_batch_size=2,
+            global_batch_size=4,
             image_size=8,
             seed=3,
             num_classes=NUM_CLASSES,
             augment=False,
             process_index=p,
-            process_count=2,
+            process_count=count,
         )
-        size = n * (p + 1) // 2 - n * p // 2
-        epoch1 = [i for b in _take(it, size) for i in _ids(b)]
-        epoch2 = [i for b in _take(it, size) for i in _ids(b)]
-        assert sorted(epoch1) == sorted(epoch2) and len(set(epoch1)) == size
-        assert epoch1 != epoch2  # reshuffled each epoch
-        seen.append(set(epoch1))
-    assert not seen[0] & seen[1]
-    assert seen[0] | seen[1] == set(range(n))
+        return [_ids(b) for b in _take(it, steps)]
+
+    one = batches(0, 1)
+    flat = [i for b in one for i in b]
+    assert sorted(flat[:n]) == sorted(flat[n : 2 * n]) == list(range(n))  # epochs cover the set once each
+    assert flat[:n] != flat[n : 2 * n]  # reshuffled each epoch
+    for count in (2, 4):
+        parts = [batches(p, count) for p in range(count)]
+        for k, batch in enumerate(one):
+            assert all(len(parts[p][k]) == 4 // count for p in range(count))
+            assert sorted(i for p in range(count) for i in parts[p][k]) == sorted(batch)
 
 
 def test_finite_epochs_cover_exactly_once(tmp_path):
