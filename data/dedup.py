@@ -23,8 +23,9 @@ import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from etils import epath
 
-from data import manifest, pipeline, records
+from data import manifest, paths, pipeline, records
 
 DEFAULT_THRESHOLD = 0.95
 REPORT_LEVELS = (0.8, 0.85, 0.9, 0.95, 0.99)
@@ -99,7 +100,7 @@ def remove_near_duplicates(
 ) -> DedupReport:
     """Writes `out_dir`: the source shard set minus near-duplicates of the targets; returns the report."""
     done = os.path.join(out_dir, manifest.MANIFEST_NAME)
-    if os.path.exists(done) and not overwrite:
+    if epath.Path(done).exists() and not overwrite:
         return DedupReport(**manifest.load_manifest(out_dir, verify=False).extra["dedup"])
     source = manifest.load_manifest(source_dir)
     targets = target_features(target_dirs, features_fn, image_size=image_size, batch_size=batch_size)
@@ -113,7 +114,7 @@ def remove_near_duplicates(
         raise RuntimeError(f"{source_dir}: featurised {len(sims)} of {source.num_records} records")
     remove = sims >= threshold
 
-    os.makedirs(out_dir, exist_ok=True)
+    epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
     files, counts, removed_ids = [], [], []
     label_counts = np.zeros(source.num_labels, np.int64)
     position = 0
@@ -141,7 +142,7 @@ def remove_near_duplicates(
         source_records=source.num_records,
         removed=int(remove.sum()),
         kept=int(sum(counts)),
-        target_dirs=[os.path.abspath(t) for t in target_dirs],
+        target_dirs=[paths.resolve(t) for t in target_dirs],
         similarity_counts={f"{level:.2f}": int((sims >= level).sum()) for level in REPORT_LEVELS},
         removed_ids=removed_ids,
     )

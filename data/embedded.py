@@ -21,7 +21,6 @@ Usage: `python -m data.embedded --out=DIR [--what=source,target] [--config.sourc
 from __future__ import annotations
 
 import dataclasses
-import glob
 import math
 import multiprocessing
 import os
@@ -33,6 +32,7 @@ from collections.abc import Iterator, Sequence
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from data import glyphs
 from data.manifest import MANIFEST_NAME, ShardSet, load_manifest, write_manifest
@@ -285,10 +285,8 @@ def _render(
 
 def _start_set(out_dir: str) -> None:
     """Drops an old manifest first, so a crash mid-build never leaves a set that looks complete."""
-    os.makedirs(out_dir, exist_ok=True)
-    manifest = os.path.join(out_dir, MANIFEST_NAME)
-    if os.path.exists(manifest):
-        os.remove(manifest)
+    epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
+    epath.Path(out_dir, MANIFEST_NAME).unlink(missing_ok=True)
 
 
 def _write_shards(
@@ -306,8 +304,8 @@ def _write_shards(
         path = os.path.join(out_dir, f"{prefix}-{shard:05d}-of-{num_shards:05d}.tfrecord")
         counts.append(write_tfrecord(path, records))
         files.append(path)
-    for stale in set(glob.glob(os.path.join(out_dir, f"{prefix}-*.tfrecord"))) - set(files):
-        os.remove(stale)
+    for stale in set(map(str, epath.Path(out_dir).glob(f"{prefix}-*.tfrecord"))) - set(files):
+        epath.Path(stale).unlink()
     return files, counts
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import collections
 import os
 
+from etils import epath
+
 from data import atomic
 
 Hierarchy = dict[str, list[str]]
@@ -98,14 +100,13 @@ def wordnet_hierarchy(label_wnids: list[str], is_a_path: str) -> Hierarchy:
     `is_a_path`: ImageNet's `wordnet.is_a.txt`, one "parent child" wnid pair per line.
     """
     full: Hierarchy = collections.defaultdict(list)
-    with open(is_a_path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise ValueError(f"{is_a_path}:{line_no}: expected 'parent child', got {line.strip()!r}")
-            full[parts[0]].append(parts[1])
+    for line_no, line in enumerate(epath.Path(is_a_path).read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise ValueError(f"{is_a_path}:{line_no}: expected 'parent child', got {line.strip()!r}")
+        full[parts[0]].append(parts[1])
     keep = set(label_wnids) | ancestors(full, *label_wnids)
     return validate(
         {

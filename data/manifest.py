@@ -11,6 +11,8 @@ import hashlib
 import os
 from typing import Any
 
+from etils import epath
+
 from data import atomic
 
 MANIFEST_NAME = "manifest.json"
@@ -43,7 +45,7 @@ class ShardSet:
 
 def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with epath.Path(path).open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -88,7 +90,7 @@ def write_manifest(
 def load_manifest(directory: str, verify: bool = True) -> ShardSet:
     """Loads a shard set; with `verify`, refuses it when a file's sha256 or presence is off."""
     path = os.path.join(directory, MANIFEST_NAME)
-    if not os.path.exists(path):
+    if not epath.Path(path).exists():
         raise ManifestError(f"no manifest at {path}: the shard set is missing or incomplete")
     try:
         raw = atomic.read_json(path)
@@ -98,7 +100,7 @@ def load_manifest(directory: str, verify: bool = True) -> ShardSet:
         raise ManifestError(f"{path}: malformed manifest ({err})") from err
     if verify:
         for entry, file in zip(raw["files"], files, strict=True):
-            if not os.path.exists(file):
+            if not epath.Path(file).exists():
                 raise ManifestError(f"{path}: listed shard {file} does not exist")
             if sha256_file(file) != entry["sha256"]:
                 raise ManifestError(f"{path}: sha256 of {file} does not match the manifest")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import glob
 import hashlib
 import io
 import json
@@ -79,7 +78,7 @@ def write_shard_set(
         raise ValueError(f"{out_dir}: nothing to write")
     names = shard_names(num_examples, num_shards, prefix)
     num_shards = len(names)
-    os.makedirs(out_dir, exist_ok=True)
+    epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
     if process_index == 0:
         remove_stale_shards(out_dir, names, prefix)
 
@@ -113,9 +112,9 @@ def write_shard_set(
 
 def remove_stale_shards(out_dir: str, names: Sequence[str], prefix: str = "data") -> None:
     """Removes shard files of a run with another shard count (its manifest never listed them)."""
-    for stale in glob.glob(os.path.join(out_dir, f"{prefix}-*.tfrecord*")):
-        if os.path.basename(stale).split(".tmp")[0].removesuffix(_SIDECAR) not in names:
-            os.remove(stale)
+    for stale in epath.Path(out_dir).glob(f"{prefix}-*.tfrecord*"):
+        if stale.name.split(".tmp")[0].removesuffix(_SIDECAR) not in names:
+            stale.unlink()
 
 
 def shard_names(num_examples: int, num_shards: int | None, prefix: str = "data") -> list[str]:
@@ -145,7 +144,7 @@ def finish_shard(path: str, written: int, label_counts: np.ndarray, bad: list | 
 
 def shard_done(path: str) -> dict | None:
     """The `<shard>.json` of a finished shard, or None when the shard still has to be written."""
-    return atomic.read_json(path + _SIDECAR) if os.path.exists(path + _SIDECAR) else None
+    return atomic.read_json(path + _SIDECAR) if epath.Path(path + _SIDECAR).exists() else None
 
 
 def read_done(out_dir: str, names: Sequence[str]) -> list[dict]:
@@ -181,11 +180,11 @@ def write_manifest(
         sha256s=[d["sha256"] for d in done],
     )
     for name in names:  # the manifest now holds what they recorded
-        os.remove(os.path.join(out_dir, name + _SIDECAR))
+        epath.Path(out_dir, name + _SIDECAR).unlink()
     listed = set(names)
-    for entry in os.listdir(out_dir):  # temp files of writers killed before their rename
-        if ".tmp" in entry and entry.split(".tmp")[0].removesuffix(_SIDECAR) in listed:
-            os.remove(os.path.join(out_dir, entry))
+    for entry in epath.Path(out_dir).iterdir():  # temp files of writers killed before their rename
+        if ".tmp" in entry.name and entry.name.split(".tmp")[0].removesuffix(_SIDECAR) in listed:
+            entry.unlink()
 
 
 def encode_checked(example: records.Example, index: int, num_labels: int) -> bytes:
@@ -197,7 +196,7 @@ def encode_checked(example: records.Example, index: int, num_labels: int) -> byt
 
 
 def finished(out_dir: str, overwrite: bool) -> manifest.ShardSet | None:
-    if not overwrite and os.path.exists(os.path.join(out_dir, manifest.MANIFEST_NAME)):
+    if not overwrite and epath.Path(out_dir, manifest.MANIFEST_NAME).exists():
         return manifest.load_manifest(out_dir, verify=False)
     return None
 

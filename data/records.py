@@ -16,12 +16,12 @@ google-crc32c, checked on every read.
 from __future__ import annotations
 
 import dataclasses
-import os
 import struct
 from collections.abc import Iterable, Iterator
 from typing import IO
 
 import google_crc32c
+from etils import epath
 from tensorflow_datasets.proto import tf_example_pb2
 
 from data import atomic
@@ -122,8 +122,7 @@ def iter_records(path: str) -> Iterator[bytes]:
     The file is read in one sequential read (memory: one shard) and parsed in memory: a seek and two
     reads per record cost several times more for small records (benchmarks/selection_write.py).
     """
-    with open(path, "rb") as handle:
-        buf = handle.read()
+    buf = epath.Path(path).read_bytes()
     pos, index = 0, 0
     while pos < len(buf):
         length = _data_length(buf, pos, path, index)
@@ -138,8 +137,9 @@ def index_records(path: str) -> list[tuple[int, int]]:
     This is what turns a stream-only TFRecord file into a random-access source for grain.
     """
     entries = []
-    size = os.path.getsize(path)
-    with open(path, "rb") as handle:
+    file = epath.Path(path)
+    size = file.stat().length
+    with file.open("rb") as handle:
         offset, index = 0, 0
         while offset < size:
             handle.seek(offset)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from etils import epath
 
 from data import records
 
@@ -50,7 +51,7 @@ class ShardSetSource:
     def __getitem__(self, index: int) -> tuple[int, bytes]:
         index = int(index)
         path, local = self.locate(index)
-        with open(path, "rb", buffering=0) as handle:
+        with epath.Path(path).open("rb") as handle:
             data = records.read_record(handle, path, local, int(self._offsets[index]), int(self._lengths[index]))
         return index, data
 
