@@ -8,7 +8,7 @@ writer's, whatever the runner or worker count. The graph:
 
   SourceShards -> Scan (per-shard attributed label counts) -> AllSummaries -> Allocate (the one
   global allocation) -> PerShardAllocation (each shard's own entries; the small global part is a
-  side input) -> Select (each shard's copies keyed by output shard, with their positions) ->
+  side input) -> Select (each shard's copies in blocks keyed by output shard, with positions) ->
   GroupByOutputShard -> WriteShard (sorted by position, atomic, sha256) -> WriteManifest (last,
   once every shard is written).
 
@@ -71,7 +71,9 @@ def _without_entries(alloc: write.Allocation) -> write.Allocation:
 
 
 def _select(item: tuple[int, np.ndarray | None], job: write.Job, alloc: write.Allocation):
-    """Source shard s's weighted copies as (output shard, (position, record)); its stats on "stats"."""
+    """Source shard s's weighted copies as (output shard, (positions, records)), one element per output
+    shard they go to (Beam's cost is per element, so a shard's copies travel in blocks); its stats on
+    "stats"."""
     import apache_beam as beam
 
     s, entries = item
@@ -81,22 +83,27 @@ def _select(item: tuple[int, np.ndarray | None], job: write.Job, alloc: write.Al
     _counter("examples_read").inc(read)
     _counter("bytes_read").inc(os.path.getsize(job.source.files[s]))
     _counter("examples_skipped").inc(read - chosen)  # source examples given no copy
-    shard_of = np.searchsorted(alloc.bounds, selected.positions, side="right") - 1
-    for k, position, record in zip(shard_of.tolist(), selected.positions.tolist(), selected.records, strict=True):
-        yield k, (position, record)
+    shard_of = np.searchsorted(alloc.bounds, selected.positions, side="right") - 1  # positions are sorted
+    cuts = (np.flatnonzero(np.diff(shard_of)) + 1).tolist()
+    for lo, hi in zip([0, *cuts], [*cuts, len(shard_of)], strict=True):
+        if hi > lo:
+            yield int(shard_of[lo]), (selected.positions[lo:hi], selected.records[lo:hi])
     yield beam.pvalue.TaggedOutput("stats", selected.stats)
 
 
-def _write_shard(item: tuple[int, Sequence[tuple[int, bytes]]], job: write.Job, alloc: write.Allocation):
-    """Output shard k, ordered by position, written atomically; returns (k, sha256)."""
-    k, copies = item
-    copies = sorted(copies, key=lambda pc: pc[0])
+def _write_shard(item: tuple[int, Sequence[tuple[np.ndarray, list[bytes]]]], job: write.Job, alloc: write.Allocation):
+    """Output shard k from its blocks, ordered by position, written atomically; returns (k, sha256)."""
+    k, blocks = item
+    blocks = list(blocks)
+    positions = np.concatenate([p for p, _ in blocks]) if blocks else np.zeros(0, np.int64)
+    pieces = [record for _, block in blocks for record in block]
+    order = np.argsort(positions)
     start, end = int(alloc.bounds[k]), int(alloc.bounds[k + 1])
-    if [p for p, _ in copies] != list(range(start, end)):
-        raise AssertionError(f"output shard {k}: got {len(copies)} records, expected positions [{start}, {end})")
-    data = b"".join(records.frame_record(record) for _, record in copies)
+    if not np.array_equal(positions[order], np.arange(start, end)):
+        raise AssertionError(f"output shard {k}: got {len(pieces)} records, expected positions [{start}, {end})")
+    data = b"".join(records.frame_record(pieces[i]) for i in order.tolist())
     atomic.write_bytes(job.output_paths(len(alloc.sizes))[k], data)
-    _counter("examples_written").inc(len(copies))
+    _counter("examples_written").inc(len(pieces))
     _counter("bytes_written").inc(len(data))
     return k, hashlib.sha256(data).hexdigest()
 

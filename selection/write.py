@@ -3,8 +3,10 @@
 Work is split BY SHARD across processes (source shard s belongs to process s % P, output shard k to
 the process whose contiguous block holds k), every random choice is seeded by the seed and a
 shard/label/position, never by the process, so any process count writes the same bytes. The
-sampling and ordering rules are `selection.allocation`'s, shared with the Beam pipeline
-(`selection.beam_write`), which writes the same bytes.
+sampling and ordering rules are `selection.allocation`'s; the write's inputs (`make_job`), the
+global allocation (`global_allocation`), one source shard's selection (`select_shard`) and the
+manifest (`finish`) are shared with the Beam pipeline (`selection.beam_write`), which writes the
+same bytes.
 
 Phases (each resumable: a phase output that exists is complete, it was written atomically):
 
