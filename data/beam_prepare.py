@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from data import atomic, beam_runner, manifest, prepare, records
 
@@ -68,7 +69,7 @@ def _convert_shard(shard: int, listing: prepare.Listing, out_dir: str, names: li
     _counter("examples_read").inc(hi - lo)
     _counter("examples_written").inc(done["records"])
     _counter("examples_skipped").inc(len(done["bad"]))
-    _counter("bytes_written").inc(os.path.getsize(path))
+    _counter("bytes_written").inc(epath.Path(path).stat().length)
     return shard
 
 
@@ -110,7 +111,7 @@ def convert(
     names = prepare.shard_names(len(listing), num_shards)
     if process_index == 0:
         if not dry_run:
-            os.makedirs(out_dir, exist_ok=True)
+            epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
             prepare.remove_stale_shards(out_dir, names)
         extra = {"prepared_from": listing.prepared_from, **({"max_side": max_side} if max_side else {})}
 

@@ -27,11 +27,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import os
+import io
 from collections.abc import Mapping, Sequence
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from data import atomic, beam_runner, manifest, records
 from selection import huh_subsets, write
@@ -81,7 +82,7 @@ def _select(item: tuple[int, np.ndarray | None], job: write.Job, alloc: write.Al
     read = job.source.record_counts[s]
     chosen = int(selected.stats["unique"].sum())
     _counter("examples_read").inc(read)
-    _counter("bytes_read").inc(os.path.getsize(job.source.files[s]))
+    _counter("bytes_read").inc(epath.Path(job.source.files[s]).stat().length)
     _counter("examples_skipped").inc(read - chosen)  # source examples given no copy
     shard_of = np.searchsorted(alloc.bounds, selected.positions, side="right") - 1  # positions are sorted
     cuts = (np.flatnonzero(np.diff(shard_of)) + 1).tolist()
@@ -186,8 +187,8 @@ def load_plan_csv(path: str, source: manifest.ShardSet) -> tuple[np.ndarray, np.
     """(planned draws, weight) per source label from a plan CSV (`LabelPlan.to_csv`)."""
     import csv
 
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = {row["label"]: (float(row["planned"]), float(row["weight"])) for row in csv.DictReader(handle)}
+    text = epath.Path(path).read_text(encoding="utf-8")
+    rows = {row["label"]: (float(row["planned"]), float(row["weight"])) for row in csv.DictReader(io.StringIO(text))}
     missing = [name for name in source.label_names if name not in rows]
     if missing:
         raise ValueError(f"{path}: no row for source labels {missing[:5]}")

@@ -43,16 +43,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
-import shutil
 import time
 from collections.abc import Mapping
 
 import numpy as np
+from etils import epath
 from tensorflow_datasets.proto import tf_example_pb2
 
-from data import atomic, manifest, records
+from data import atomic, manifest, paths, records
 from selection import allocation, huh_subsets
 from selection import plan as plan_lib
 from selection import weights as weights_lib
@@ -102,18 +103,18 @@ def scan_shard(path: str) -> ShardScan:
 
 def _load_scan(path: str, sha: str, index_dir: str) -> ShardScan:
     cache = os.path.join(index_dir, f"{os.path.basename(path)}.{sha[:16]}.npz")
-    if os.path.exists(cache):
-        with np.load(cache) as z:
+    if epath.Path(cache).exists():
+        with np.load(io.BytesIO(epath.Path(cache).read_bytes())) as z:
             return ShardScan(**{k: z[k] for k in ("offsets", "labels", "id_offsets", "id_blob")})
     scan = scan_shard(path)
     atomic.write_npz(cache, **dataclasses.asdict(scan))
     return scan
 
 
-def _wait_for(paths: list[str], timeout_s: float) -> None:
+def _wait_for(files: list[str], timeout_s: float) -> None:
     """Polls until every path exists: the other processes' finished phase outputs."""
     deadline = time.monotonic() + timeout_s
-    pending = [p for p in paths if not os.path.exists(p)]
+    pending = [p for p in files if not os.path.exists(p)]
     delay = 0.05
     while pending:
         if time.monotonic() > deadline:
@@ -268,8 +269,7 @@ def _fingerprint(
     source_dir: str, label_plan, example_plan, label_weights, seed, records_per_shard, rule, remap=None
 ) -> str:
     digest = hashlib.sha256()
-    with open(os.path.join(source_dir, manifest.MANIFEST_NAME), "rb") as handle:
-        digest.update(handle.read())
+    digest.update(epath.Path(source_dir, manifest.MANIFEST_NAME).read_bytes())
     digest.update(json.dumps([int(seed), int(records_per_shard), rule]).encode())
     if label_plan is not None:
         digest.update(json.dumps([label_plan.matcher, label_plan.with_replacement]).encode())
@@ -326,7 +326,7 @@ def make_job(
         source_dir, label_plan, example_plan, label_weights, seed, records_per_shard, example_weight_rule, label_remap
     )
     config_path = os.path.join(out_dir, CONFIG_NAME)
-    if os.path.exists(config_path) and atomic.read_json(config_path)["fingerprint"] != fingerprint:
+    if epath.Path(config_path).exists() and atomic.read_json(config_path)["fingerprint"] != fingerprint:
         raise ValueError(f"{out_dir} holds a write of a different plan/seed/source; remove it to restart")
     work = os.path.join(out_dir, f"_work-{fingerprint[:16]}")
     return Job(
@@ -347,10 +347,10 @@ def make_job(
 
 def start(job: Job) -> None:
     """Claims `out_dir` for this write (its fingerprint file; called by one process only)."""
-    os.makedirs(job.out_dir, exist_ok=True)
-    if not os.path.exists(job.config_path):
+    epath.Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+    if not epath.Path(job.config_path).exists():
         atomic.write_json(
-            job.config_path, {"fingerprint": job.fingerprint, "source_dir": os.path.abspath(job.source.directory)}
+            job.config_path, {"fingerprint": job.fingerprint, "source_dir": paths.resolve(job.source.directory)}
         )
 
 
@@ -372,7 +372,7 @@ def finish(job: Job, alloc: Allocation, stats: list[dict[str, np.ndarray]], sha2
         "seed": job.seed,
         "records_per_shard": job.records_per_shard,
         "example_weight_rule": job.rule,
-        "source_dir": os.path.abspath(job.source.directory),
+        "source_dir": paths.resolve(job.source.directory),
         "source_records": job.source.num_records,
         "total_copies": alloc.total,
         "unique_examples": int(unique.sum()),
@@ -400,14 +400,15 @@ def finish(job: Job, alloc: Allocation, stats: list[dict[str, np.ndarray]], sha2
         extra=extra,
         sha256s=sha256s,
     )
-    for name in os.listdir(job.out_dir):  # temp files of writes killed before their rename
-        if name.startswith(SHARD_NAME.split("-")[0]) and ".tmp" in name:
-            os.remove(os.path.join(job.out_dir, name))
-    shutil.rmtree(job.work, ignore_errors=True)
+    for entry in epath.Path(job.out_dir).iterdir():  # temp files of writes killed before their rename
+        if entry.name.startswith(SHARD_NAME.split("-")[0]) and ".tmp" in entry.name:
+            entry.unlink()
+    if epath.Path(job.work).exists():
+        epath.Path(job.work).rmtree()
 
 
 def is_complete(job: Job) -> bool:
-    return os.path.exists(os.path.join(job.out_dir, manifest.MANIFEST_NAME))
+    return epath.Path(job.out_dir, manifest.MANIFEST_NAME).exists()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -525,11 +526,11 @@ def write_selected(
     _wait_for([job.spill_paths(s)[3] for s in range(num_sources)], wait_timeout_s)
 
     num_out = len(alloc.sizes)
-    paths = job.output_paths(num_out)
+    out_paths = job.output_paths(num_out)
     for k in range(num_out * process_index // process_count, num_out * (process_index + 1) // process_count):
-        if not os.path.exists(paths[k]):
-            _phase_assemble(job, k, alloc.bounds, num_sources, paths[k])
-    _wait_for(paths, wait_timeout_s)
+        if not os.path.exists(out_paths[k]):
+            _phase_assemble(job, k, alloc.bounds, num_sources, out_paths[k])
+    _wait_for(out_paths, wait_timeout_s)
 
     if process_index == 0:
         stats = []
