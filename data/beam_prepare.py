@@ -66,6 +66,8 @@ def _convert_shard(shard: int, listing: prepare.Listing, out_dir: str, names: li
 
         written = records.write_tfrecord(path, good_records())
         done = prepare.finish_shard(path, written, counts, bad)
+        skipped = f", {len(bad)} unreadable skipped" if bad else ""
+        print(f"[beam] prepare: wrote {names[shard]} ({written} records{skipped})", flush=True)  # progress
     _counter("examples_read").inc(hi - lo)
     _counter("examples_written").inc(done["records"])
     _counter("examples_skipped").inc(len(done["bad"]))

@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import hashlib
 import io
+import os
 from collections.abc import Mapping, Sequence
 
 import ml_collections
@@ -103,7 +104,9 @@ def _write_shard(item: tuple[int, Sequence[tuple[np.ndarray, list[bytes]]]], job
     if not np.array_equal(positions[order], np.arange(start, end)):
         raise AssertionError(f"output shard {k}: got {len(pieces)} records, expected positions [{start}, {end})")
     data = b"".join(records.frame_record(pieces[i]) for i in order.tolist())
-    atomic.write_bytes(job.output_paths(len(alloc.sizes))[k], data)
+    path = job.output_paths(len(alloc.sizes))[k]
+    atomic.write_bytes(path, data)
+    print(f"[beam] select: wrote {os.path.basename(path)} ({len(pieces)} records)", flush=True)  # progress
     _counter("examples_written").inc(len(pieces))
     _counter("bytes_written").inc(len(data))
     return k, hashlib.sha256(data).hexdigest()
