@@ -10,7 +10,7 @@ writer's, whatever the runner or worker count. The graph:
   global allocation) -> PerShardAllocation (each shard's own entries; the small global part is a
   side input) -> Select (each shard's copies in blocks keyed by output shard, with positions) ->
   GroupByOutputShard -> WriteShard (sorted by position, atomic, sha256) -> WriteManifest (last,
-  once every shard is written).
+  once every shard is written, with the shards' statistics summed by SumStats).
 
 A killed run leaves whole shard files (each written atomically) and no manifest, so the set is not
 taken as complete; a rerun rewrites the same bytes and then the manifest.
@@ -112,10 +112,19 @@ def _write_shard(item: tuple[int, Sequence[tuple[np.ndarray, list[bytes]]]], job
     return k, hashlib.sha256(data).hexdigest()
 
 
-def _write_manifest(shas: list, job: write.Job, alloc: write.Allocation, stats: list) -> None:
+def _sum_stats(parts) -> dict[str, np.ndarray]:
+    """The shards' `SelectedShard.stats` summed (a Beam combiner: partial sums combine the same way)."""
+    total: dict[str, np.ndarray] = {}
+    for part in parts:
+        for key, value in part.items():
+            total[key] = total[key] + value if key in total else np.array(value)
+    return total
+
+
+def _write_manifest(shas: list, job: write.Job, alloc: write.Allocation, stats: dict) -> None:
     if sorted(k for k, _ in shas) != list(range(len(alloc.sizes))):
         raise AssertionError(f"{len(shas)} output shards written, expected {len(alloc.sizes)}")
-    write.finish(job, alloc, list(stats), [sha for _, sha in sorted(shas)])
+    write.finish(job, alloc, [stats] if stats else [], [sha for _, sha in sorted(shas)])
 
 
 def build_pipeline(pipeline, job: write.Job) -> None:
@@ -136,12 +145,13 @@ def build_pipeline(pipeline, job: write.Job) -> None:
         | "SpreadShards" >> beam.Reshuffle()
         | "Select" >> beam.FlatMap(_select, job, alloc).with_outputs("stats", main="copies")
     )
+    stats = beam.pvalue.AsSingleton(selected.stats | "SumStats" >> beam.CombineGlobally(_sum_stats))
     (
         selected.copies
         | "GroupByOutputShard" >> beam.GroupByKey()
         | "WriteShard" >> beam.Map(_write_shard, job, alloc)
         | "AllShards" >> beam.combiners.ToList()
-        | "WriteManifest" >> beam.Map(_write_manifest, job, alloc, beam.pvalue.AsList(selected.stats))
+        | "WriteManifest" >> beam.Map(_write_manifest, job, alloc, stats)
     )
 
 
