@@ -91,10 +91,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ml_collections.ConfigDict:
+    """The runner block from the flags of `add_arguments`."""
     config = default_config()
-    for key in ("runner", "direct_num_workers", "direct_running_mode", "project", "region", "temp_location"):
-        config[key] = getattr(args, key)
-    config.flink_master, config.spark_master = args.flink_master, args.spark_master
+    for key in config:
+        if key != "extra_options":
+            config[key] = getattr(args, key)
     config.extra_options = tuple(args.beam_option)
     return config
 
