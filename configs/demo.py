@@ -17,7 +17,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs.models import inception_v3, small_cnn
-from data import beam_runner, embedded
+from data import beam_runner, dedup, embedded
 from selection import methods
 from trainer import config as trainer_config
 
@@ -96,6 +96,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.pretrain.ema_decay = 0.0  # an EMA over ~1k steps would mostly average untrained weights
     c.pretrain.eval_with_ema = False
     c.pretrain.aux_loss_weight = 0.0
+
+    # Near-duplicates of target images leave the source before anything trains on it (dedup stage);
+    # the demo plants some (shifted, rescaled, recoloured copies of target images) to show it working.
+    c.dedup = dedup.default_config()
+    c.data.embedded.source.planted_duplicates = 20 if tiny else 100
 
     c.weights = ml_collections.ConfigDict()
     c.weights.temperature = 2.0

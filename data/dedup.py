@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
+import ml_collections
 import numpy as np
 from etils import epath
 
@@ -30,6 +31,7 @@ from data import manifest, paths, pipeline, records
 DEFAULT_THRESHOLD = 0.95
 REPORT_LEVELS = (0.8, 0.85, 0.9, 0.95, 0.99)
 MAX_LISTED_IDS = 10_000
+MAX_PAIRS_REMOVED, MAX_PAIRS_KEPT = 6, 3
 
 FeaturesFn = Callable[[np.ndarray], np.ndarray]
 
@@ -45,6 +47,130 @@ class DedupReport:
     target_dirs: list[str]
     similarity_counts: dict[str, int]
     removed_ids: list[str]  # the first MAX_LISTED_IDS of them
+    # a few (source id, target id, target set, similarity, removed): the removed pairs of lowest
+    # similarity and the kept ones of highest, for the report's picture
+    pairs: list[dict] = dataclasses.field(default_factory=list)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """`config.dedup`: the stage between prepare and pre-training (launch.stages.stage_dedup)."""
+    return ml_collections.ConfigDict(
+        {
+            "enabled": True,
+            "features": "moments",  # FEATURES: "moments" (shift/scale invariant) | "pixels"
+            "verify": True,  # candidates by features, then aligned grey + chroma correlation
+            "candidates": 3,  # nearest targets by features that the aligned check examines
+            # verify: mean of the aligned grey and chroma correlations (planted copies >= 0.79, other
+            # embedded images <= 0.72); without verify: cosine of the features (DEFAULT_THRESHOLD)
+            "threshold": 0.75,
+            "image_size": 32,  # images are compared at this resolution (central crop, as evaluation)
+            "batch_size": 128,
+        }
+    )
+
+
+def moment_features(images: np.ndarray, grid: int = 16) -> np.ndarray:
+    """Features that need no trained network and survive shifts, rescaling and recolouring.
+
+    Per image: grey levels, lightly blurred; "ink" = how far each pixel is from the image's median
+    grey, minus a noise floor (3 robust standard deviations), so the background and its noise
+    drop out whatever their colour; the ink's centroid and radius of gyration (its first and second
+    moments) then fix a `grid` x `grid` sampling window that moves and scales with the content. The
+    sampled ink, mean-centred, is the feature: a shifted or rescaled copy samples the same places of
+    its content, a recoloured one differs by a contrast factor that the cosine ignores.
+    """
+    from scipy import ndimage
+
+    images = np.asarray(images, np.float32)
+    grey = images.mean(axis=-1)
+    _, h, w = grey.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    u = np.linspace(-2.2, 2.2, grid, dtype=np.float32)
+    out = np.zeros((len(grey), grid * grid), np.float32)
+    for b, image in enumerate(grey):
+        smooth = ndimage.gaussian_filter(image, 0.7)
+        deviation = np.abs(smooth - np.median(smooth))
+        ink = np.maximum(deviation - 3.0 * 1.4826 * np.median(deviation), 0.0)
+        mass = float(ink.sum())
+        if mass <= 1e-6:
+            continue  # a blank image: zero features, similar to nothing
+        cy, cx = float((ink * yy).sum()) / mass, float((ink * xx).sum()) / mass
+        radius = max(float(np.sqrt((ink * ((yy - cy) ** 2 + (xx - cx) ** 2)).sum() / mass)), 0.5)
+        coords = np.stack(np.meshgrid(cy + radius * u, cx + radius * u, indexing="ij"))
+        sampled = ndimage.map_coordinates(ink, coords, order=1, mode="constant", cval=0.0).ravel()
+        out[b] = sampled - sampled.mean()
+    return out
+
+
+def pixel_features(images: np.ndarray, grid: int = 8) -> np.ndarray:
+    """Mean-centred `grid` x `grid` grey thumbnails: catches exact and re-encoded copies only."""
+    grey = np.asarray(images, np.float32).mean(axis=-1)
+    b, h, w = grey.shape
+    ys, xs = np.linspace(0, h, grid + 1).astype(int), np.linspace(0, w, grid + 1).astype(int)
+    pooled = np.stack(
+        [grey[:, ys[i] : ys[i + 1], xs[j] : xs[j + 1]].mean(axis=(1, 2)) for i in range(grid) for j in range(grid)],
+        axis=1,
+    )
+    return pooled - pooled.mean(axis=1, keepdims=True)
+
+
+# The configurable feature models (`dedup.features`); none needs a trained network.
+FEATURES: dict[str, FeaturesFn] = {"moments": moment_features, "pixels": pixel_features}
+ALIGN_SCALES = np.round(np.arange(0.9, 1.1001, 0.025), 4)  # rescalings the aligned check searches
+ALIGN_SHIFT = 3  # pixels, each way
+
+
+def _grey_chroma(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel: the channel mean and max - min. Both are unchanged by a permutation of the colour
+    channels and move together with one brightness/contrast change, so a recoloured copy keeps them."""
+    images = np.asarray(images, np.float32)
+    return images.mean(axis=-1), images.max(axis=-1) - images.min(axis=-1)
+
+
+def _standardise(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    x = x - x.mean(axis=axes, keepdims=True)
+    return x / (np.sqrt((x * x).sum(axis=axes, keepdims=True)) + 1e-9)
+
+
+def aligned_similarity(source: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(similarity, grey correlation) of one source image [H, W, 3] with each of `targets` [K, H, W, 3].
+
+    The verification step: cosine of features finds candidates; this says whether a candidate IS the
+    source image moved, resized or recoloured. The source is rescaled by each of ALIGN_SCALES and
+    shifted by up to ALIGN_SHIFT px; the alignment with the best grey correlation over the target's
+    central part is kept, and the similarity is the mean of the grey and the chroma correlations
+    there. Grey shape alone cannot tell a copy from another rendering of the same simple shape (an
+    iota in a similar font correlates 0.95); the chroma (saturation) pattern of ink, paper and noise
+    is the image's own.
+    """
+    from numpy.lib.stride_tricks import sliding_window_view
+    from scipy import ndimage
+
+    m = ALIGN_SHIFT
+    grey, chroma = _grey_chroma(source)
+    t_grey, t_chroma = _grey_chroma(targets)
+    h, w = grey.shape
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    cores = _standardise(t_grey[:, m : h - m, m : w - m], (1, 2))  # [K, h', w']
+
+    def warp(image: np.ndarray, scale: float) -> np.ndarray:
+        return ndimage.affine_transform(image, [scale, scale], offset=centre - centre * scale, order=1, mode="nearest")
+
+    windows = np.stack(
+        [sliding_window_view(warp(grey, s), cores.shape[1:]) for s in ALIGN_SCALES]
+    )  # [S, 2m+1, 2m+1, h', w']
+    corr = np.tensordot(_standardise(windows, (3, 4)), cores, axes=([3, 4], [1, 2]))  # [S, 2m+1, 2m+1, K]
+    flat = corr.reshape(-1, len(targets))
+    best = flat.argmax(axis=0)
+    grey_corr = flat[best, np.arange(len(targets))]
+    si, dy, dx = np.unravel_index(best, corr.shape[:3])
+    chroma_corr = np.empty(len(targets), np.float32)
+    for k in range(len(targets)):
+        moved = warp(chroma, float(ALIGN_SCALES[si[k]]))[dy[k] : dy[k] + h - 2 * m, dx[k] : dx[k] + w - 2 * m]
+        chroma_corr[k] = float(
+            (_standardise(moved, (0, 1)) * _standardise(t_chroma[k, m : h - m, m : w - m], (0, 1))).sum()
+        )
+    return (grey_corr + chroma_corr) / 2, grey_corr
 
 
 def _normalise(features: np.ndarray) -> np.ndarray:
@@ -52,8 +178,9 @@ def _normalise(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
-def _feature_batches(shard_dir: str, features_fn: FeaturesFn, image_size: int, batch_size: int, num_classes: int):
-    """Yields L2-normalised features of the records in file order (padding dropped)."""
+def _image_batches(shard_dir: str, image_size: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Float images [b, H, W, 3] in [-1, 1] of the records in file order (padding dropped)."""
+    num_classes = max(1, manifest.load_manifest(shard_dir, verify=False).num_labels)
     for batch in pipeline.eval_batches(
         shard_dir,
         global_batch_size=batch_size,
@@ -62,29 +189,82 @@ def _feature_batches(shard_dir: str, features_fn: FeaturesFn, image_size: int, b
         process_index=0,
         process_count=1,
     ):
-        features = _normalise(features_fn(batch["image"]))
-        yield features[batch["mask"]]
+        yield batch["image"][batch["mask"]]
+
+
+def _feature_batches(shard_dir: str, features_fn: FeaturesFn, image_size: int, batch_size: int, num_classes: int):
+    """Yields L2-normalised features of the records in file order (padding dropped)."""
+    del num_classes  # read from the manifest
+    for images in _image_batches(shard_dir, image_size, batch_size):
+        yield _normalise(features_fn(images))
 
 
 def target_features(
     target_dirs: Sequence[str], features_fn: FeaturesFn, *, image_size: int, batch_size: int = 64
 ) -> np.ndarray:
     """[num target images, D] L2-normalised features of every target shard set."""
-    parts = []
-    for target in target_dirs:
-        num_classes = max(1, manifest.load_manifest(target, verify=False).num_labels)
-        parts.extend(_feature_batches(target, features_fn, image_size, batch_size, num_classes))
-    if not parts:
-        raise ValueError(f"no target images in {list(target_dirs)}")
-    return np.concatenate(parts)
+    return _Targets.load(target_dirs, features_fn, image_size, batch_size, keep_images=False).features
 
 
 def max_similarity(source_features: np.ndarray, targets: np.ndarray, chunk: int = 8192) -> np.ndarray:
     """Highest cosine similarity of each (normalised) source row to any (normalised) target row."""
+    return nearest(source_features, targets, chunk)[0]
+
+
+def nearest(source_features: np.ndarray, targets: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """(highest cosine similarity, index of that target) of each source row."""
     best = np.full(len(source_features), -np.inf, np.float32)
+    arg = np.zeros(len(source_features), np.int64)
     for start in range(0, len(targets), chunk):
-        best = np.maximum(best, (source_features @ targets[start : start + chunk].T).max(axis=1))
-    return best
+        sims = source_features @ targets[start : start + chunk].T
+        better = sims.max(axis=1) > best
+        arg[better] = start + sims.argmax(axis=1)[better]
+        best = np.maximum(best, sims.max(axis=1))
+    return best, arg
+
+
+@dataclasses.dataclass
+class _Targets:
+    """Every target image's features (and grey image when verifying), id and shard set, in memory."""
+
+    features: np.ndarray
+    images: np.ndarray | None  # [N, H, W, 3], kept when verifying
+    ids: list[str]
+    sets: list[str]
+
+    @classmethod
+    def load(cls, target_dirs, features_fn, image_size, batch_size, keep_images) -> _Targets:
+        features, kept, ids, sets = [], [], [], []
+        for target in target_dirs:
+            for images in _image_batches(target, image_size, batch_size):
+                features.append(_normalise(features_fn(images)))
+                if keep_images:
+                    kept.append(images)
+            shard_set = manifest.load_manifest(target, verify=False)
+            names = [
+                records.decode_example(r).example_id.decode() for f in shard_set.files for r in records.iter_records(f)
+            ]
+            ids += names
+            sets += [os.path.abspath(target)] * len(names)
+        if not features:
+            raise ValueError(f"no target images in {list(target_dirs)}")
+        return cls(np.concatenate(features), np.concatenate(kept) if keep_images else None, ids, sets)
+
+    def score(self, images: np.ndarray, features_fn: FeaturesFn, candidates: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarity, nearest target) per source image: cosine of features, or with `images` kept the
+        aligned grey correlation with each of the `candidates` most similar targets by features."""
+        feats = _normalise(features_fn(images))
+        if self.images is None:
+            return nearest(feats, self.features)
+        sims = feats @ self.features.T
+        k = min(candidates, sims.shape[1])
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        best = np.full(len(images), -1.0, np.float32)
+        arg = np.zeros(len(images), np.int64)
+        for i in range(len(images)):
+            similarity, _ = aligned_similarity(images[i], self.images[top[i]])
+            best[i], arg[i] = similarity.max(), top[i][int(similarity.argmax())]
+        return best, arg
 
 
 def remove_near_duplicates(
@@ -96,23 +276,32 @@ def remove_near_duplicates(
     image_size: int,
     threshold: float = DEFAULT_THRESHOLD,
     batch_size: int = 64,
+    verify: bool = False,
+    candidates: int = 5,
     overwrite: bool = False,
 ) -> DedupReport:
-    """Writes `out_dir`: the source shard set minus near-duplicates of the targets; returns the report."""
+    """Writes `out_dir`: the source shard set minus near-duplicates of the targets; returns the report.
+
+    One streaming pass over the source (a batch of images at a time; kept per example: its
+    similarity and nearest target). `verify`: the similarity is `aligned_similarity` with the
+    `candidates` nearest targets by features, instead of the features' cosine.
+    """
     done = os.path.join(out_dir, manifest.MANIFEST_NAME)
     if epath.Path(done).exists() and not overwrite:
         return DedupReport(**manifest.load_manifest(out_dir, verify=False).extra["dedup"])
     source = manifest.load_manifest(source_dir)
-    targets = target_features(target_dirs, features_fn, image_size=image_size, batch_size=batch_size)
-    sims = np.concatenate(
-        [
-            max_similarity(f, targets)
-            for f in _feature_batches(source_dir, features_fn, image_size, batch_size, max(1, source.num_labels))
-        ]
-    )
+    targets = _Targets.load(target_dirs, features_fn, image_size, batch_size, keep_images=verify)
+    scored = [
+        targets.score(images, features_fn, candidates) for images in _image_batches(source_dir, image_size, batch_size)
+    ]
+    sims = np.concatenate([s for s, _ in scored]) if scored else np.zeros(0, np.float32)
+    nearest_target = np.concatenate([a for _, a in scored]) if scored else np.zeros(0, np.int64)
     if len(sims) != source.num_records:
         raise RuntimeError(f"{source_dir}: featurised {len(sims)} of {source.num_records} records")
     remove = sims >= threshold
+    removed_order = np.flatnonzero(remove)[np.argsort(sims[remove], kind="stable")][:MAX_PAIRS_REMOVED]
+    kept_order = np.flatnonzero(~remove)[np.argsort(-sims[~remove], kind="stable")][:MAX_PAIRS_KEPT]
+    shown = {int(i): None for i in [*removed_order, *kept_order]}
 
     epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
     files, counts, removed_ids = [], [], []
@@ -124,8 +313,10 @@ def remove_near_duplicates(
             nonlocal position
             for data in records.iter_records(path):
                 drop = remove[position]
-                position += 1
                 example = records.decode_example(data)
+                if position in shown:
+                    shown[position] = example.example_id.decode(errors="replace")
+                position += 1
                 if drop:
                     if len(removed_ids) < MAX_LISTED_IDS:
                         removed_ids.append(example.example_id.decode(errors="replace"))
@@ -137,6 +328,16 @@ def remove_near_duplicates(
         out_path = os.path.join(out_dir, os.path.basename(path))
         counts.append(records.write_tfrecord(out_path, kept()))
         files.append(out_path)
+    pairs = [
+        {
+            "source_id": shown[i],
+            "target_id": targets.ids[nearest_target[i]],
+            "target_dir": targets.sets[nearest_target[i]],
+            "similarity": round(float(sims[i]), 4),
+            "removed": bool(remove[i]),
+        }
+        for i in shown
+    ]
     report = DedupReport(
         threshold=float(threshold),
         source_records=source.num_records,
@@ -145,6 +346,7 @@ def remove_near_duplicates(
         target_dirs=[paths.resolve(t) for t in target_dirs],
         similarity_counts={f"{level:.2f}": int((sims >= level).sum()) for level in REPORT_LEVELS},
         removed_ids=removed_ids,
+        pairs=pairs,
     )
     manifest.write_manifest(
         out_dir,
@@ -156,3 +358,46 @@ def remove_near_duplicates(
         {**source.extra, "dedup": dataclasses.asdict(report)},
     )
     return report
+
+
+def plot_pairs(report: DedupReport, source_dir: str, path: str) -> None:
+    """A PNG of the report's pairs: source image beside its nearest target image, similarity above."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from data import atomic
+
+    wanted: dict[str, set[str]] = {}
+    for pair in report.pairs:
+        wanted.setdefault(source_dir, set()).add(pair["source_id"])
+        wanted.setdefault(pair["target_dir"], set()).add(pair["target_id"])
+    images: dict[tuple[str, str], bytes] = {}
+    for directory, ids in wanted.items():
+        for f in manifest.load_manifest(directory, verify=False).files:
+            for data in records.iter_records(f):
+                example = records.decode_example(data)
+                key = example.example_id.decode(errors="replace")
+                if key in ids:
+                    images[(directory, key)] = example.image
+    n = max(1, len(report.pairs))
+    fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 3.0), squeeze=False)
+    for k, pair in enumerate(report.pairs):
+        for row, key in enumerate([(source_dir, pair["source_id"]), (pair["target_dir"], pair["target_id"])]):
+            ax = axes[row][k]
+            ax.axis("off")
+            if key in images:
+                ax.imshow(Image.open(io.BytesIO(images[key])).convert("RGB"))
+        verdict = "removed" if pair["removed"] else "kept"
+        axes[0][k].set_title(f"{verdict}\n{pair['similarity']:.3f}", fontsize=7)
+    axes[0][0].text(-0.3, 0.5, "source", transform=axes[0][0].transAxes, rotation=90, va="center", fontsize=7)
+    axes[1][0].text(-0.3, 0.5, "target", transform=axes[1][0].transAxes, rotation=90, va="center", fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic.write_bytes(path, buffer.getvalue())

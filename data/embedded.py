@@ -21,6 +21,7 @@ Usage: `python -m data.embedded --out=DIR [--what=source,target] [--config.sourc
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import multiprocessing
 import os
@@ -76,6 +77,9 @@ def default_config() -> ml_collections.ConfigDict:
             min_images_per_label=20,
             max_images_per_label=150,
             multi_label_fraction=0.25,  # images with two glyphs (and two labels)
+            # Near-duplicates of target (train and test) images planted in the source, shifted,
+            # rescaled and recoloured, ids "planted-<target id>": what the dedup stage must remove.
+            planted_duplicates=0,
             num_shards=8,
             style=_style_config("random", noise=0.05, blur_prob=0.2, clutter_prob=0.15),
         )
@@ -309,6 +313,22 @@ def _write_shards(
     return files, counts
 
 
+def _interleave(
+    items: list[_Item], pngs: Iterator[bytes], extra: list[tuple[_Item, bytes]], slots: set[int]
+) -> tuple[list[_Item], Iterator[bytes]]:
+    """`items` with `extra` at the output positions `slots` (in order), and the matching PNG stream."""
+    merged, rest, added = [], iter(items), iter(extra)
+    for position in range(len(items) + len(extra)):
+        merged.append(next(added)[0] if position in slots else next(rest))
+    extra_pngs = iter([png for _, png in extra])
+
+    def stream() -> Iterator[bytes]:
+        for position in range(len(merged)):
+            yield next(extra_pngs) if position in slots else next(pngs)
+
+    return merged, stream()
+
+
 def _hierarchy(groups: Sequence[str], names: Sequence[str]) -> dict[str, list[str]]:
     """script -> groups, group -> label names, in first-seen order."""
     tree: dict[str, list[str]] = {}
@@ -332,6 +352,67 @@ def _recorded_config(config: ml_collections.ConfigDict) -> dict:
     return recorded
 
 
+def near_duplicate(png: bytes, rng: np.random.Generator) -> bytes:
+    """A shifted (up to 2 px), rescaled (0.9-1.1x) and recoloured copy of a PNG image.
+
+    Recolouring permutes the colour channels and jitters brightness and contrast, so the copy is
+    not the same pixels in any channel; the border left by the shift/scale takes the median colour.
+    """
+    from PIL import Image
+
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.float32)
+    h, w, _ = image.shape
+    scale = rng.uniform(0.9, 1.1)
+    dx, dy = rng.integers(-2, 3, size=2)
+    fill = tuple(int(v) for v in np.median(image.reshape(-1, 3), axis=0))
+    # output (x, y) samples input ((x - cx - dx) / scale + cx, ...): zoom about the centre, then shift
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    coeffs = (1 / scale, 0, cx - (cx + dx) / scale, 0, 1 / scale, cy - (cy + dy) / scale)
+    moved = Image.fromarray(image.astype(np.uint8)).transform(
+        (w, h), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR, fillcolor=fill
+    )
+    pixels = np.asarray(moved, np.float32)[..., rng.permutation(3)]
+    pixels = (pixels - 128.0) * rng.uniform(0.8, 1.2) + 128.0 + rng.uniform(-25, 25)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _target_items(config: ml_collections.ConfigDict) -> dict[str, list[_Item]]:
+    """The target's items per split, exactly as `build_target` renders them."""
+    class_names, space = target_labels(config)
+    out = {}
+    for split, stream, per_class in (
+        ("train", TRAIN_STREAM, config.target.train_per_class),
+        ("test", TEST_STREAM, config.target.test_per_class),
+    ):
+        rng = np.random.default_rng([config.seed, stream])
+        labels = np.repeat(np.arange(len(class_names)), per_class)
+        images = [(int(y),) for y in labels[rng.permutation(len(labels))]]
+        out[split] = _items(f"tgt-{split}", images, space, config.seed, stream)
+    return out
+
+
+def _planted(config: ml_collections.ConfigDict, space: Labels) -> list[tuple[_Item, bytes]]:
+    """`source.planted_duplicates` near-copies of seeded target images, labelled as their character
+    in the source (label 0 where the source lacks it)."""
+    count = int(config.source.planted_duplicates)
+    if count <= 0:
+        return []
+    candidates = [item for items in _target_items(config).values() for item in items]
+    rng = np.random.default_rng([config.seed, SOURCE_STREAM, 0x91A47])
+    chosen = [candidates[i] for i in sorted(rng.choice(len(candidates), min(count, len(candidates)), replace=False))]
+    render_config = ml_collections.ConfigDict({**config.to_dict(), "num_workers": 0})
+    pngs = list(_render(chosen, _style(config.target.style), render_config, "planted"))
+    index = {char: i for i, char in enumerate(space.chars)}
+    out = []
+    for item, png in zip(chosen, pngs, strict=True):
+        char = item.glyphs[0][0]
+        planted = _Item(b"planted-" + item.example_id, (index.get(char, 0),), item.glyphs, item.seed_words)
+        out.append((planted, near_duplicate(png, rng)))
+    return out
+
+
 def build_source(out_dir: str, config: ml_collections.ConfigDict) -> ShardSet:
     """Renders the source corpus into `out_dir` (TFRecord shards, then the manifest); returns its ShardSet."""
     began = time.time()
@@ -342,16 +423,24 @@ def build_source(out_dir: str, config: ml_collections.ConfigDict) -> ShardSet:
     items = _items("src", images, space, config.seed, SOURCE_STREAM)
     _start_set(out_dir)
     pngs = _render(items, _style(config.source.style), config, "source")
+    planted = _planted(config, space)
+    if planted:  # spread at seeded positions among the rendered images
+        slots = np.random.default_rng([config.seed, SOURCE_STREAM, 0x5107]).choice(
+            len(items) + len(planted), len(planted), replace=False
+        )
+        items, pngs = _interleave(items, pngs, planted, set(slots.tolist()))
     files, record_counts = _write_shards(out_dir, "source", items, pngs, config.source.num_shards)
     label_counts = np.bincount([y for labels in images for y in labels], minlength=len(space.chars))
     assert np.array_equal(label_counts, counts), "layout must realise the planned label counts"
+    label_counts += np.bincount([item.labels[0] for item, _ in planted], minlength=len(space.chars))
     source_fonts, target_fonts = _fonts(config)
     stats = dict(
-        num_images=len(images),
+        num_images=len(items),
         num_labels=len(space.chars),
         num_glyphs=int(counts.sum()),
         labels_per_image=round(float(counts.sum()) / len(images), 4),
         multi_label_images=sum(len(labels) > 1 for labels in images),
+        planted_duplicates=len(planted),
         images_per_label_min=int(counts.min()),
         images_per_label_median=float(np.median(counts)),
         images_per_label_max=int(counts.max()),
@@ -391,15 +480,13 @@ def build_target(out_dir: str, config: ml_collections.ConfigDict) -> dict[str, S
     source_index = {char: i for i, char in enumerate(source_labels(config).chars)}
     _, target_fonts = _fonts(config)
     splits = {}
-    for split, stream, per_class, num_shards in (
-        ("train", TRAIN_STREAM, config.target.train_per_class, config.target.train_shards),
-        ("test", TEST_STREAM, config.target.test_per_class, config.target.test_shards),
+    target_items = _target_items(config)
+    for split, per_class, num_shards in (
+        ("train", config.target.train_per_class, config.target.train_shards),
+        ("test", config.target.test_per_class, config.target.test_shards),
     ):
         began = time.time()
-        rng = np.random.default_rng([config.seed, stream])
-        labels = np.repeat(np.arange(len(class_names)), per_class)
-        images = [(int(y),) for y in labels[rng.permutation(len(labels))]]
-        items = _items(f"tgt-{split}", images, space, config.seed, stream)
+        items = target_items[split]
         split_dir = os.path.join(out_dir, split)
         _start_set(split_dir)
         pngs = _render(items, _style(config.target.style), config, f"target/{split}")

@@ -241,6 +241,21 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
         if c in select_summary
     ]
 
+    dedup_section: list[str] = []
+    if os.path.exists(ws.marker("dedup")) and config.dedup.enabled:
+        removal = atomic.read_json(ws.marker("dedup"))["summary"]
+        dedup_section = [
+            "## Near-duplicates of target images removed from the source",
+            "",
+            f"{removal['removed']} of {removal['source_records']} source images removed "
+            f"({100 * removal['removed'] / max(removal['source_records'], 1):.2f}%) before any training: "
+            f"features `{removal['features']}`"
+            + (", verified by aligned grey + chroma correlation" if removal["verify"] else "")
+            + f", threshold {removal['threshold']}. Removed pairs of lowest similarity and the nearest kept ones "
+            "(top: source, bottom: its nearest target image): ![pairs](dedup_pairs.png)",
+            "",
+        ]
+
     md = [
         f"# Target-conditioned pre-training report: {target}",
         "",
@@ -248,6 +263,7 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
         f"pre-training {config.pretrain.steps} steps at batch {config.pretrain.global_batch_size} for every "
         f"pre-trained row; fine-tuning {config.finetune.steps} steps, seeds {list(config.finetune.seeds)}.",
         "",
+        *dedup_section,
         "## Transfer results (Table 3's shape)",
         "",
         _markdown_table(

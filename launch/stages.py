@@ -52,7 +52,7 @@ def stage_prepare(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
 
     sides.prepare_data(
         config.data,
-        source_dir=ws.source,
+        source_dir=ws.prepared_source,
         target_root=ws.target_root,
         target_dir=ws.target,
         process_index=jax.process_index(),
@@ -60,7 +60,7 @@ def stage_prepare(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
         barrier=_barrier,
         convert=beam_prepare.converter(config.data.beam) if config.data.preparer == "beam" else prepare.convert,
     )
-    source = manifest.load_manifest(ws.source)
+    source = manifest.load_manifest(ws.prepared_source)
     train, test = (manifest.load_manifest(ws.target(s)) for s in ("train", "test"))
     summary = {
         "source_examples": source.num_records,
@@ -72,6 +72,45 @@ def stage_prepare(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     if os.path.exists(os.path.join(ws.target("validation"), manifest.MANIFEST_NAME)):
         summary["target_validation"] = manifest.load_manifest(ws.target("validation"), verify=False).num_records
     return summary
+
+
+def stage_dedup(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
+    """Removes source images that are near-duplicates of any target train/test image (Ngiam et al. 4.1).
+
+    One streaming pass over the prepared source (target features in memory); process 0 writes the
+    kept records and the pairs picture, the others wait. Disabled: later stages read the prepared source.
+    """
+    import jax
+
+    from data import dedup
+
+    if not config.dedup.enabled:
+        return {"enabled": False}
+    targets = [ws.target(s) for s in ("train", "validation", "test")]
+    targets = [t for t in targets if os.path.exists(os.path.join(t, manifest.MANIFEST_NAME))]
+    if jax.process_index() == 0:
+        report = dedup.remove_near_duplicates(
+            ws.prepared_source,
+            targets,
+            ws.source,
+            features_fn=dedup.FEATURES[config.dedup.features],
+            image_size=config.dedup.image_size,
+            threshold=config.dedup.threshold,
+            batch_size=config.dedup.batch_size,
+            verify=config.dedup.verify,
+            candidates=config.dedup.candidates,
+        )
+        dedup.plot_pairs(report, ws.prepared_source, ws.dedup_pairs_png)
+    _barrier("dedup written")
+    report = manifest.load_manifest(ws.source, verify=False).extra["dedup"]
+    return {
+        "source_records": report["source_records"],
+        "removed": report["removed"],
+        "kept": report["kept"],
+        "threshold": report["threshold"],
+        "features": config.dedup.features,
+        "verify": bool(config.dedup.verify),
+    }
 
 
 def pretrain_run_config(config: ml_collections.ConfigDict, method: str | None) -> ml_collections.ConfigDict:
@@ -362,6 +401,7 @@ def stage_report(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
 
 STAGES: dict[str, Callable[[ml_collections.ConfigDict, Workspace], dict]] = {
     "prepare": stage_prepare,
+    "dedup": stage_dedup,
     "pretrain_source": stage_pretrain_source,
     "weights": stage_weights,
     "select": stage_select,
@@ -389,7 +429,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, names: Sequenc
     """
     import jax
 
-    ws = Workspace(os.path.abspath(workdir))
+    ws = Workspace(os.path.abspath(workdir), dedup=bool(config.dedup.enabled))
     os.makedirs(ws.root, exist_ok=True)
     config_cli.save_resolved(config, ws.root)
     summaries = {}

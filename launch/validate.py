@@ -257,6 +257,23 @@ def _check_selection(config: ml_collections.ConfigDict) -> None:
             )
 
 
+def _check_dedup(config: ml_collections.ConfigDict) -> None:
+    from data import dedup
+
+    _check(
+        config,
+        {
+            "dedup.enabled": is_bool(),
+            "dedup.features": one_of(tuple(dedup.FEATURES)),
+            "dedup.verify": is_bool(),
+            "dedup.candidates": int_at_least(1),
+            "dedup.threshold": (lambda v: _is_number(v) and -1 <= v <= 1, "a number in [-1, 1] (a similarity)"),
+            "dedup.image_size": int_at_least(8),
+            "dedup.batch_size": int_at_least(1),
+        },
+    )
+
+
 def check_config(config: ml_collections.ConfigDict, check_paths: bool = True) -> None:
     """Every semantic check that needs neither JAX devices nor the work dir; raises ConfigError.
 
@@ -299,6 +316,7 @@ def check_config(config: ml_collections.ConfigDict, check_paths: bool = True) ->
     _check(config, {"data.preparer": one_of(WRITERS)})
     if _get(config, "data.preparer") == "beam":
         _check_beam(config, "data.beam")
+    _check_dedup(config)
     _check(config, {"report.top_labels": int_at_least(1), "report.plot_top_labels": int_at_least(1)}, required=False)
     try:
         sides.check_data_config(config.data, check_paths)

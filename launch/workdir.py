@@ -6,6 +6,8 @@ Every stage writes only under its own folder, and a stage is complete when its m
   config.json                             resolved config of the latest launch
   launches/<utc time>-<pid>.json          every launch: git commit, command line, resolved config
   data/source, data/target/{train,test}   shard sets (prepare); data/target/validation when carved
+  data/source_dedup                       the source minus near-duplicates of target images (dedup;
+                                          the source of every later stage when dedup.enabled)
   pretrain/<choice>/                      trainer work dirs: entire_source, same, same@6000, ... (pretrain_*)
   weights/weights.json, label_stats.json  Pt, Ps, w per source label (weights)
   selected/<choice>/                      weighted TFRecord shards + manifest (select); a choice is a
@@ -22,7 +24,8 @@ Every stage writes only under its own folder, and a stage is complete when its m
   finetune/results.json                   test metrics of every fine-tuning run (finetune)
   finetune/<choice>/induction.json        kNN induction accuracy of its pre-trained features (finetune)
   report.md, report.csv, *.png            the report (report): results.png, accuracy_vs_size.png
-                                          (Figure 2, with selection.sizes), importance_weights.png
+                                          (Figure 2, with selection.sizes), importance_weights.png,
+                                          dedup_pairs.png (written by dedup)
 
 `launch.stages` (which writes these) and `launch.report` (which reads them) both import this module
 and nothing else spells a work-dir path.
@@ -35,7 +38,7 @@ import os
 
 import ml_collections
 
-STAGE_NAMES = ("prepare", "pretrain_source", "weights", "select", "pretrain_selected", "finetune", "report")
+STAGE_NAMES = ("prepare", "dedup", "pretrain_source", "weights", "select", "pretrain_selected", "finetune", "report")
 RANDOM_INIT = "random_init"
 ENTIRE_SOURCE = "entire_source"
 
@@ -83,13 +86,25 @@ class Workspace:
     """Paths of one job's work dir."""
 
     root: str
+    dedup: bool = True  # config.dedup.enabled: later stages read the de-duplicated source
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
 
     @property
-    def source(self) -> str:
+    def prepared_source(self) -> str:
+        """The source as prepare wrote it."""
         return self.path("data", "source")
+
+    @property
+    def source(self) -> str:
+        """The source every later stage trains on: without the near-duplicates of target images."""
+        return self.path("data", "source_dedup") if self.dedup else self.prepared_source
+
+    @property
+    def dedup_pairs_png(self) -> str:
+        """A few source images beside their nearest target image, removed and kept (dedup)."""
+        return self.path("dedup_pairs.png")
 
     @property
     def target_root(self) -> str:

@@ -88,3 +88,45 @@ def test_max_similarity_chunks():
     rng = np.random.default_rng(1)
     src, tgt = dedup._normalise(rng.normal(size=(7, 5))), dedup._normalise(rng.normal(size=(11, 5)))
     np.testing.assert_allclose(dedup.max_similarity(src, tgt, chunk=3), (src @ tgt.T).max(axis=1), rtol=1e-6)
+
+
+def test_stage_defaults_remove_planted_near_duplicates_and_keep_the_rest(tmp_path):
+    """The embedded builder plants shifted, rescaled and recoloured copies of target train/test images;
+    the dedup defaults (moment features, aligned grey + chroma check) remove >= 95% of them and under
+    0.1% of the other source images (here: none of ~500, many of them the same Greek letters)."""
+    from configs import demo
+    from data import embedded
+
+    config = demo.get_config("tiny").data.embedded
+    config.source.planted_duplicates = 40
+    config.source.min_images_per_label = config.source.max_images_per_label = 8
+    embedded.build_source(str(tmp_path / "source"), config)
+    embedded.build_target(str(tmp_path / "target"), config)
+    source = manifest.load_manifest(str(tmp_path / "source"))
+    ids = [records.decode_example(r).example_id.decode() for f in source.files for r in records.iter_records(f)]
+    planted = {i for i in ids if i.startswith("planted-tgt-")}
+    assert len(planted) == 40 and {i.split("-")[2] for i in planted} == {"train", "test"}
+
+    defaults = dedup.default_config()
+    report = dedup.remove_near_duplicates(
+        str(tmp_path / "source"),
+        [str(tmp_path / "target" / "train"), str(tmp_path / "target" / "test")],
+        str(tmp_path / "dedup"),
+        features_fn=dedup.FEATURES[defaults.features],
+        image_size=defaults.image_size,
+        threshold=defaults.threshold,
+        batch_size=defaults.batch_size,
+        verify=defaults.verify,
+        candidates=defaults.candidates,
+    )
+    removed = set(report.removed_ids)
+    assert len(removed & planted) >= 0.95 * len(planted)
+    assert len(removed - planted) < 0.001 * (len(ids) - len(planted))
+    kept = manifest.load_manifest(str(tmp_path / "dedup"))
+    assert kept.num_records == len(ids) - len(removed)
+    assert any(p["removed"] for p in report.pairs) and any(not p["removed"] for p in report.pairs)
+    for pair in report.pairs:  # each removed pair is a planted copy of the target it names
+        if pair["removed"]:
+            assert pair["source_id"] == "planted-" + pair["target_id"]
+    dedup.plot_pairs(report, str(tmp_path / "source"), str(tmp_path / "pairs.png"))
+    assert os.path.getsize(tmp_path / "pairs.png") > 1000

@@ -40,7 +40,7 @@ def test_tiny_demo_end_to_end_and_resume_after_kill(tmp_path):
     straight = tmp_path / "straight"
     result = subprocess.run(_command(straight), cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "== stage 7/7 report: done" in result.stdout
+    assert "== stage 8/8 report: done" in result.stdout
     assert "img/s" in result.stdout and "eta" in result.stdout  # progress lines
 
     rows = list(csv.DictReader(open(straight / "report.csv")))
@@ -58,10 +58,12 @@ def test_tiny_demo_end_to_end_and_resume_after_kill(tmp_path):
     report = open(straight / "report.md").read()
     assert "Table 3" in report and "Table 5" in report and "Sample rate (same)" in report
     assert os.path.getsize(straight / "importance_weights.png") > 1000
+    # the demo plants 20 near-duplicates of target images in the source; the dedup stage removes them
+    assert "20 of 316 source images removed" in report and os.path.getsize(straight / "dedup_pairs.png") > 1000
 
     # A second launch finds every stage complete.
     again = subprocess.run(_command(straight), cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("complete, skipped") == 7
+    assert again.returncode == 0 and again.stdout.count("complete, skipped") == 8
 
     # Kill a fresh run with SIGKILL at its first checkpoint on the selected shards, the rerun at its
     # first finished fine-tuning run, and run it a third time: the report is the uninterrupted one.

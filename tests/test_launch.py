@@ -119,10 +119,10 @@ def test_run_pipeline_skips_complete_stages_and_resumes_after_failure(tmp_path, 
 
     fake = {name: make(name, fail_once=(name == "select")) for name in stages.STAGE_NAMES}
     monkeypatch.setattr(stages, "STAGES", fake)
-    config = ml_collections.ConfigDict({"seed": 0})
+    config = ml_collections.ConfigDict({"seed": 0, "dedup": {"enabled": True}})
     with pytest.raises(RuntimeError, match="select crashed"):
         stages.run_pipeline(config, str(tmp_path))
-    assert calls == ["prepare", "pretrain_source", "weights", "select"]
+    assert calls == ["prepare", "dedup", "pretrain_source", "weights", "select"]
     assert not os.path.exists(tmp_path / "stages" / "select.json")
 
     calls.clear()
@@ -156,7 +156,8 @@ def stage(name):
     return run
 
 stages.STAGES = {{name: stage(name) for name in stages.STAGE_NAMES}}
-stages.run_pipeline(ml_collections.ConfigDict({{"seed": 0}}), workdir, ["weights", "select"])
+config = ml_collections.ConfigDict({{"seed": 0, "dedup": {{"enabled": True}}}})
+stages.run_pipeline(config, workdir, ["weights", "select"])
 print("DONE", flush=True)
 """
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from data import manifest, records
+from launch.workdir import Workspace
 from selection import plan as plan_lib
 from selection import weights as weights_lib
 from tests.conftest import FAST_COMPILE_FLAGS
@@ -56,7 +57,7 @@ def _records(directory) -> list[records.Example]:
 def test_one_w_in_weights_json_plan_records_and_report(job):
     workdir, _ = job
     iw = weights_lib.ImportanceWeights.read(str(workdir / "weights" / "weights.json"))
-    source = manifest.load_manifest(str(workdir / "data" / "source"))
+    source = manifest.load_manifest(Workspace(str(workdir)).source)  # the de-duplicated source
     assert sum(source.label_counts) > 1.2 * source.num_records  # a multi-label source
     np.testing.assert_allclose(iw.ps, np.asarray(source.label_counts) / source.num_records)  # the paper's Ps
     for choice in ("same", "elastic", "same@30"):
@@ -78,10 +79,10 @@ def test_one_w_in_weights_json_plan_records_and_report(job):
 
 def test_hierarchy_subset_keeps_every_image_under_the_ancestor_with_weight_one(job):
     workdir, _ = job
-    source = manifest.load_manifest(str(workdir / "data" / "source"))
+    source = manifest.load_manifest(Workspace(str(workdir)).source)
     under = plan_lib.descendants(source.hierarchy, ["greek"])
     chosen = {i for i, name in enumerate(source.label_names) if name in under}
-    expected = {e.example_id for e in _records(workdir / "data" / "source") if chosen & set(e.labels)}
+    expected = {e.example_id for e in _records(source.directory) if chosen & set(e.labels)}
     subset = _records(workdir / "selected" / "hierarchy")
     assert sorted(e.example_id for e in subset) == sorted(expected)  # each once
     mixed = [e for e in subset if set(e.labels) - chosen]
@@ -92,7 +93,7 @@ def test_hierarchy_subset_keeps_every_image_under_the_ancestor_with_weight_one(j
 def test_weighted_loss_is_the_whole_source_once_weighted_by_w(job):
     workdir, _ = job
     iw = weights_lib.ImportanceWeights.read(str(workdir / "weights" / "weights.json"))
-    source = _records(workdir / "data" / "source")
+    source = _records(Workspace(str(workdir)).source)
     written = _records(workdir / "selected" / "weighted_loss")
     assert sorted(e.example_id for e in written) == sorted(e.example_id for e in source)
     for e in written:

@@ -23,7 +23,7 @@ import dataclasses
 import ml_collections
 
 from configs.models import amoeba_net_b, inception_v3
-from data import sides
+from data import dedup, sides
 from launch import dryrun
 from selection import methods
 from trainer import config as trainer_config
@@ -126,6 +126,11 @@ def experiment(
         c.pretrain.fsdp = True  # 557M parameters + momentum + EMA: sharded over the devices
         c.pretrain.aux_loss_weight = 0.0
     c.weights = ml_collections.ConfigDict(dict(temperature=2.0, batch_size=1024))
+    # Near-duplicates of target train/test images leave the source first (Ngiam et al. 4.1). The
+    # default detector needs no network; at JFT scale it is one streaming pass over the source.
+    c.dedup = dedup.default_config()
+    c.dedup.image_size = 64
+    c.dedup.batch_size = 1024
 
     c.selection = methods.selection_config()
     c.selection.methods = methods_run
