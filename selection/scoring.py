@@ -21,6 +21,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from tensorflow_datasets.proto import tf_example_pb2
@@ -75,18 +76,29 @@ def _examples(path: str) -> Iterator[tuple[bytes, bytes, list[int]]]:
         )
 
 
+_DECODE_THREADS = 8  # PIL decodes and resizes outside the GIL: a batch's images in parallel
+
+
 def _batches(path: str, image_size: int, batch_size: int, decode: bool) -> Iterator[tuple[np.ndarray | None, list]]:
     """(float images or None, [(id, labels)]) batches of one shard, in record order."""
-    images, meta = [], []
-    for image, example_id, labels in _examples(path):
-        if decode:
-            images.append(augment.eval_image(image, image_size))
-        meta.append((example_id, labels))
-        if len(meta) == batch_size:
-            yield (augment.to_float(np.stack(images)) if decode else None), meta
-            images, meta = [], []
-    if meta:
-        yield (augment.to_float(np.stack(images)) if decode else None), meta
+    with ThreadPoolExecutor(_DECODE_THREADS) as pool:
+
+        def finish(encoded: list[bytes], meta: list) -> tuple[np.ndarray | None, list]:
+            if not decode:
+                return None, meta
+            images = list(pool.map(lambda data: augment.eval_image(data, image_size), encoded))
+            return augment.to_float(np.stack(images)), meta
+
+        encoded, meta = [], []
+        for image, example_id, labels in _examples(path):
+            if decode:
+                encoded.append(image)
+            meta.append((example_id, labels))
+            if len(meta) == batch_size:
+                yield finish(encoded, meta)
+                encoded, meta = [], []
+        if meta:
+            yield finish(encoded, meta)
 
 
 def _process_split(process_index: int | None, process_count: int | None) -> tuple[int, int]:
