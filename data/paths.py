@@ -7,8 +7,10 @@ runs the same code. A URL is never passed through `os.path.abspath`, which would
 
 from __future__ import annotations
 
+import io
 import os
 
+import numpy as np
 from etils import epath
 
 
@@ -58,3 +60,10 @@ def unusable_dir(path: str) -> str | None:
 def missing(path: str) -> bool:
     """True when nothing exists at `path` (local or URL)."""
     return not epath.Path(resolve(path)).exists()
+
+
+def np_load(path: str, mmap_mode: str | None = None):
+    """`np.load` through the path layer: memory-mapped on local disk when asked, read whole from a URL."""
+    if not is_url(path):
+        return np.load(path, mmap_mode=mmap_mode)
+    return np.load(io.BytesIO(epath.Path(path).read_bytes()))

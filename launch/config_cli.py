@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import ml_collections
 from absl import flags
+from etils import epath
 from ml_collections import config_flags
 
 from data import atomic
@@ -91,10 +92,9 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, allow_
     """Refuses to continue a work dir's job under a different config: its finished stages would be
     skipped as they are, so the report would silently mix the two configs."""
     path = os.path.join(workdir, "config.json")
-    if allow_change or not os.path.exists(path):
+    if allow_change or not epath.Path(path).exists():
         return
-    with open(path) as f:
-        changed = changed_keys(json.load(f), as_json(config))
+    changed = changed_keys(json.loads(epath.Path(path).read_text()), as_json(config))
     if changed:
         shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
         raise ConfigError(

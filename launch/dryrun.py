@@ -17,10 +17,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from typing import Any
 
 import ml_collections
+from etils import epath
 
 from launch.workdir import ENTIRE_SOURCE, RANDOM_INIT, Workspace, pretraining_choices
 
@@ -150,7 +150,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str, stages: tuple[str, ...
         "estimated_seconds": 0.0,
     }
     for name in stages:
-        done = os.path.exists(ws.marker(name)) if "://" not in workdir else False
+        done = epath.Path(ws.marker(name)).exists() if "://" not in workdir else False
         out["stages"].append({"stage": name, "status": "complete (skipped)" if done else "to run"})
         for r in runs.get(name, []) if not done else []:
             seconds = None if r.train_flops is None else r.train_flops / rate

@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
+from etils import epath
 
 from data import atomic  # noqa: E402
 from launch import workdir  # noqa: E402
@@ -92,20 +93,20 @@ def cost_fields(choice: str, ws: workdir.Workspace, select_summary: dict) -> dic
     if choice == workdir.RANDOM_INIT:
         return fields
     if choice == workdir.ENTIRE_SOURCE:
-        if os.path.exists(os.path.join(ws.source, manifest.MANIFEST_NAME)):
+        if epath.Path(os.path.join(ws.source, manifest.MANIFEST_NAME)).exists():
             fields["unique_examples"] = manifest.load_manifest(ws.source, verify=False).num_records
     else:
-        if os.path.exists(os.path.join(ws.selected(choice), manifest.MANIFEST_NAME)):
+        if epath.Path(os.path.join(ws.selected(choice), manifest.MANIFEST_NAME)).exists():
             selected = manifest.load_manifest(ws.selected(choice), verify=False)
             fields["unique_examples"] = int(selected.extra.get("unique_examples", selected.num_records))
         summary = select_summary.get(choice, {})
         fields["scoring_images"] = int(summary.get("scoring_images", 0))
         fields["select_wall_s"] = float(summary.get("wall_s", 0.0))
-    if os.path.exists(ws.induction(choice)):  # report.induction: kNN accuracy of the frozen features, in %
+    if epath.Path(ws.induction(choice)).exists():  # report.induction: kNN accuracy of the frozen features, in %
         knn = atomic.read_json(ws.induction(choice))
         fields["induction_top1"], fields["induction_top5"] = 100.0 * knn["top1"], 100.0 * knn["top5"]
     final = os.path.join(ws.pretrain(choice), train.FINAL_NAME)
-    if os.path.exists(final):
+    if epath.Path(final).exists():
         run = atomic.read_json(final)
         fields["images_seen"] = int(run["steps"]) * int(run["global_batch_size"])
         fields["pretrain_wall_s"] = float(run.get("wall_s", 0.0))
@@ -113,8 +114,8 @@ def cost_fields(choice: str, ws: workdir.Workspace, select_summary: dict) -> dic
 
 
 def _read_stats(path: str) -> dict[str, dict]:
-    with open(path, newline="") as handle:
-        return {row["label"]: row for row in csv.DictReader(handle)}
+    text = epath.Path(path).read_text(encoding="utf-8")
+    return {row["label"]: row for row in csv.DictReader(io.StringIO(text, newline=""))}
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -198,7 +199,9 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
     choices = {c.name: c for c in workdir.selection_choices(config)}
     order = [c for c in workdir.pretraining_choices(config) if c in results]  # JSON keys come back sorted
     all_rows = results_rows({c: results[c] for c in order}, target)
-    select_summary = atomic.read_json(ws.marker("select"))["summary"] if os.path.exists(ws.marker("select")) else {}
+    select_summary = (
+        atomic.read_json(ws.marker("select"))["summary"] if epath.Path(ws.marker("select")).exists() else {}
+    )
     for row in all_rows:
         row.update(cost_fields(row["pretraining_data"], ws, select_summary))
     rows = [r for r in all_rows if r["pretraining_data"] not in choices or choices[r["pretraining_data"]].main]
@@ -234,7 +237,9 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
             "",
         ]
 
-    rate_choices = [c for c, choice in choices.items() if choice.main and os.path.exists(ws.selection_stats_csv(c))]
+    rate_choices = [
+        c for c, choice in choices.items() if choice.main and epath.Path(ws.selection_stats_csv(c)).exists()
+    ]
     stats_lines = [
         f"- **{c}**: " + ", ".join(f"{k} {v}" for k, v in select_summary[c].items())
         for c in choices

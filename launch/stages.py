@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 
 import ml_collections
 import numpy as np
+from etils import epath
 
-from data import atomic, manifest
+from data import atomic, manifest, paths
 from launch import config_cli, report
 from launch.workdir import (
     ENTIRE_SOURCE,
@@ -69,7 +70,7 @@ def stage_prepare(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
         "target_train": train.num_records,
         "target_test": test.num_records,
     }
-    if os.path.exists(os.path.join(ws.target("validation"), manifest.MANIFEST_NAME)):
+    if epath.Path(os.path.join(ws.target("validation"), manifest.MANIFEST_NAME)).exists():
         summary["target_validation"] = manifest.load_manifest(ws.target("validation"), verify=False).num_records
     return summary
 
@@ -233,7 +234,7 @@ def stage_select(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     from selection import weights as weights_lib
 
     source = manifest.load_manifest(ws.source)
-    iw = weights_lib.ImportanceWeights.read(ws.weights_json) if os.path.exists(ws.weights_json) else None
+    iw = weights_lib.ImportanceWeights.read(ws.weights_json) if epath.Path(ws.weights_json).exists() else None
     summary = {}
     for choice in selection_choices(config):
         name = choice.name
@@ -300,14 +301,14 @@ def stage_finetune(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
             if _balanced_steps(config):  # Cui et al.'s second stage on a class-balanced target subset
                 finetune_config, run_dir = _finetune_balanced(config, ws, finetune_config, model_config, choice, seed)
             metrics_path = ws.test_metrics(choice, seed)
-            if not os.path.exists(metrics_path):
+            if not epath.Path(metrics_path).exists():
                 metrics = evaluate.evaluate(
                     finetune_config, model_config=model_config, workdir=run_dir, data_dir=ws.target("test")
                 )
                 atomic.write_json(metrics_path, {**metrics, "seed": int(seed), "choice": choice})
             runs.append(atomic.read_json(metrics_path))
         results[choice] = runs
-        if config.report.get("induction") and choice != RANDOM_INIT and not os.path.exists(ws.induction(choice)):
+        if config.report.get("induction") and choice != RANDOM_INIT and not epath.Path(ws.induction(choice)).exists():
             _induction(config, ws, choice)
     atomic.write_json(ws.finetune_results, results)
     return {c: float(np.mean([r["top1"] for r in runs])) for c, runs in results.items()}
@@ -324,7 +325,7 @@ def _balanced_target(config: ml_collections.ConfigDict, ws: Workspace) -> str:
     from selection import write
 
     out = ws.balanced_target
-    if os.path.exists(os.path.join(out, manifest.MANIFEST_NAME)):
+    if epath.Path(os.path.join(out, manifest.MANIFEST_NAME)).exists():
         return out
     target = manifest.load_manifest(ws.target("train"), verify=False)
     ids, labels = [], []
@@ -429,13 +430,13 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, names: Sequenc
     """
     import jax
 
-    ws = Workspace(os.path.abspath(workdir), dedup=bool(config.dedup.enabled))
-    os.makedirs(ws.root, exist_ok=True)
+    ws = Workspace(paths.resolve(workdir), dedup=bool(config.dedup.enabled))
+    epath.Path(ws.root).mkdir(parents=True, exist_ok=True)
     config_cli.save_resolved(config, ws.root)
     summaries = {}
     for number, name in enumerate(names, start=1):
         marker = ws.marker(name)
-        if os.path.exists(marker):
+        if epath.Path(marker).exists():
             print(f"== stage {number}/{len(names)} {name}: complete, skipped", flush=True)
             summaries[name] = atomic.read_json(marker)["summary"]
             continue

@@ -31,6 +31,7 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from data import atomic, manifest, records
 from selection import domain_classifier as domain_lib
@@ -97,7 +98,7 @@ def _write_set(directory: str, examples: list[records.Example], label_names: lis
     if not _is_writer():
         scoring.wait_for([os.path.join(directory, manifest.MANIFEST_NAME)])
         return
-    os.makedirs(directory, exist_ok=True)
+    epath.Path(directory).mkdir(parents=True, exist_ok=True)
     path = os.path.join(directory, "data-00000-of-00001.tfrecord")
     records.write_tfrecord(path, [records.encode_example(e) for e in examples])
     counts = np.bincount([e.labels[0] for e in examples], minlength=len(label_names))
@@ -128,7 +129,7 @@ def write_domain_sets(
     """Algorithm 2's D_h: all target training images (label 1) and as many random source images
     (label 0), split per domain into a training set and a held-out set; returns their directories."""
     train_dir, heldout_dir = os.path.join(out_dir, "train"), os.path.join(out_dir, "heldout")
-    if all(os.path.exists(os.path.join(d, manifest.MANIFEST_NAME)) for d in (train_dir, heldout_dir)):
+    if all(epath.Path(os.path.join(d, manifest.MANIFEST_NAME)).exists() for d in (train_dir, heldout_dir)):
         return train_dir, heldout_dir
     if not 0.0 < holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction={holdout_fraction} must be in (0, 1)")
@@ -168,7 +169,7 @@ def _train_helper(helper: Helper, train_dir: str, run_dir: str, stage_name: str)
 def _cached(work_dir: str, size: int, compute) -> ExampleSelection:
     """The selection of a finished run, or `compute()` saved atomically (ids hex-encoded)."""
     path = os.path.join(work_dir, RESULT_NAME.format(int(size)))
-    if os.path.exists(path):
+    if epath.Path(path).exists():
         raw = atomic.read_json(path)
         return ExampleSelection({bytes.fromhex(k): 1 for k in raw["selected"]}, raw["info"])
     result = compute()
@@ -269,7 +270,7 @@ def domain_classifier_logistic(
         features = _feature_fn(model, variables, batch_size)
         target = _features_of(target_dir, features, image_size, batch_size)
         sample_dir = os.path.join(work_dir, "source_sample")
-        if not os.path.exists(os.path.join(sample_dir, manifest.MANIFEST_NAME)):
+        if not epath.Path(os.path.join(sample_dir, manifest.MANIFEST_NAME)).exists():
             _write_set(sample_dir, sample_source(source_dir, len(target), seed), ["any"])
         source_sample = _features_of(sample_dir, features, image_size, batch_size)
         classifier = domain_lib.fit_domain_classifier(source_sample, target, C=C, seed=seed)
@@ -367,7 +368,7 @@ def emd_labels(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Cui et al.'s label selection: (planned draws per source label, info); see the module doc."""
     path = os.path.join(work_dir, RESULT_NAME.format(int(size)))
-    if os.path.exists(path):
+    if epath.Path(path).exists():
         raw = atomic.read_json(path)
         return np.asarray(raw["planned"], np.float64), raw["info"]
     model, variables, image_size = feature_model

@@ -438,8 +438,7 @@ def from_planned(
 
 def load_label_stats(path: str) -> tuple[list[str], np.ndarray, np.ndarray, int | None]:
     """Reads {"label": {"count": c, "pt": p}, ..., optional "num_examples": N}."""
-    with open(path, encoding="utf-8") as handle:
-        raw = json.load(handle)
+    raw = atomic.read_json(path)
     num_examples = raw.pop("num_examples", None)
     names = list(raw)
     try:

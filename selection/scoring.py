@@ -24,9 +24,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from etils import epath
 from tensorflow_datasets.proto import tf_example_pb2
 
-from data import atomic, augment, manifest, records
+from data import atomic, augment, manifest, paths, records
 
 SCORE_NAME = "scores-{:05d}.npz"
 SUMS_NAME = "label_sums-{:05d}.npz"
@@ -52,7 +53,7 @@ class ShardScores:
 
 
 def load_scores(path: str) -> ShardScores:
-    with np.load(path) as z:
+    with paths.np_load(path) as z:
         return ShardScores(z["scores"], z["id_offsets"], z["id_blob"], int(z["forwarded"]))
 
 
@@ -111,17 +112,17 @@ def _process_split(process_index: int | None, process_count: int | None) -> tupl
     return process_index, process_count
 
 
-def wait_for(paths: list[str], timeout_s: float = 24 * 3600.0) -> None:
+def wait_for(files: list[str], timeout_s: float = 24 * 3600.0) -> None:
     """Polls until every path exists (files another process writes to the shared work dir)."""
     deadline = time.monotonic() + timeout_s
-    pending = [p for p in paths if not os.path.exists(p)]
+    pending = [p for p in files if not epath.Path(p).exists()]
     delay = 0.05
     while pending:
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {timeout_s:.0f}s for {len(pending)} file(s), e.g. {pending[0]}")
         time.sleep(delay)
         delay = min(delay * 1.5, 2.0)
-        pending = [p for p in pending if not os.path.exists(p)]
+        pending = [p for p in pending if not epath.Path(p).exists()]
 
 
 def _sharded_pass(
@@ -136,12 +137,12 @@ def _sharded_pass(
     """Runs `per_shard(path)` on this process's shards not done yet; waits for every shard's file."""
     pindex, pcount = _process_split(process_index, process_count)
     source = manifest.load_manifest(source_dir, verify=False)
-    paths = [os.path.join(out_dir, name.format(s)) for s in range(len(source.files))]
+    files = [os.path.join(out_dir, name.format(s)) for s in range(len(source.files))]
     for s in range(pindex, len(source.files), pcount):
-        if not os.path.exists(paths[s]):
-            atomic.write_npz(paths[s], **per_shard(source.files[s]))
-    wait_for(paths, wait_timeout_s)
-    return paths
+        if not epath.Path(files[s]).exists():
+            atomic.write_npz(files[s], **per_shard(source.files[s]))
+    wait_for(files, wait_timeout_s)
+    return files
 
 
 def score_source(
@@ -185,11 +186,11 @@ def score_source(
     return _sharded_pass(source_dir, out_dir, SCORE_NAME, per_shard, process_index, process_count, wait_timeout_s)
 
 
-def images_forwarded(paths: list[str]) -> int:
+def images_forwarded(files: list[str]) -> int:
     """Scoring cost of a pass: images forwarded through the scoring model, summed over shards."""
     total = 0
-    for path in paths:
-        with np.load(path) as z:
+    for path in files:
+        with paths.np_load(path) as z:
             total += int(z["forwarded"])
     return total
 
@@ -234,10 +235,10 @@ def label_feature_sums(
             "forwarded": np.array(forwarded, np.int64),
         }
 
-    paths = _sharded_pass(source_dir, out_dir, SUMS_NAME, per_shard, process_index, process_count, wait_timeout_s)
+    files = _sharded_pass(source_dir, out_dir, SUMS_NAME, per_shard, process_index, process_count, wait_timeout_s)
     total_sums, total_counts, forwarded = None, np.zeros(num_labels, np.int64), 0
-    for path in paths:
-        with np.load(path) as z:
+    for path in files:
+        with paths.np_load(path) as z:
             if total_sums is None and len(z["labels"]):
                 total_sums = np.zeros((num_labels, z["sums"].shape[1]))
             if len(z["labels"]):
@@ -284,7 +285,7 @@ def _id_keys(scores: ShardScores) -> np.ndarray:
 
 
 def select_examples(
-    paths: list[str],
+    files: list[str],
     *,
     size: int | None = None,
     threshold: float | None = None,
@@ -305,7 +306,7 @@ def select_examples(
     shard_of = np.zeros(0, np.int64)
     row_of = np.zeros(0, np.int64)
     total = 0
-    for s, path in enumerate(paths):
+    for s, path in enumerate(files):
         shard = load_scores(path)
         total += len(shard.scores)
         key = sign * shard.scores
@@ -330,7 +331,7 @@ def select_examples(
         raise ValueError(f"size={size} exceeds the {total} scored examples")
     plan: dict[bytes, int] = {}
     for s in np.unique(shard_of).tolist():
-        ids = load_scores(paths[s]).ids()
+        ids = load_scores(files[s]).ids()
         for row in row_of[shard_of == s].tolist():
             plan[ids[row]] = 1
     if len(plan) != len(row_of):

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import time
@@ -104,7 +103,7 @@ def scan_shard(path: str) -> ShardScan:
 def _load_scan(path: str, sha: str, index_dir: str) -> ShardScan:
     cache = os.path.join(index_dir, f"{os.path.basename(path)}.{sha[:16]}.npz")
     if epath.Path(cache).exists():
-        with np.load(io.BytesIO(epath.Path(cache).read_bytes())) as z:
+        with paths.np_load(cache) as z:
             return ShardScan(**{k: z[k] for k in ("offsets", "labels", "id_offsets", "id_blob")})
     scan = scan_shard(path)
     atomic.write_npz(cache, **dataclasses.asdict(scan))
@@ -114,14 +113,14 @@ def _load_scan(path: str, sha: str, index_dir: str) -> ShardScan:
 def _wait_for(files: list[str], timeout_s: float) -> None:
     """Polls until every path exists: the other processes' finished phase outputs."""
     deadline = time.monotonic() + timeout_s
-    pending = [p for p in files if not os.path.exists(p)]
+    pending = [p for p in files if not epath.Path(p).exists()]
     delay = 0.05
     while pending:
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {timeout_s:.0f}s for {len(pending)} file(s), e.g. {pending[0]}")
         time.sleep(delay)
         delay = min(delay * 1.5, 2.0)
-        pending = [p for p in pending if not os.path.exists(p)]
+        pending = [p for p in pending if not epath.Path(p).exists()]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,7 +416,7 @@ def is_complete(job: Job) -> bool:
 
 def _phase_scan(job: Job, owned: list[int]) -> None:
     for s in owned:
-        if os.path.exists(job.summary_path(s)):
+        if epath.Path(job.summary_path(s)).exists():
             continue
         summary = job.summary(s)
         if job.label_plan is not None:
@@ -429,14 +428,14 @@ def _phase_scan(job: Job, owned: list[int]) -> None:
 def _load_summaries(job: Job, num_shards: int) -> list:
     summaries = []
     for s in range(num_shards):
-        with np.load(job.summary_path(s)) as z:
+        with paths.np_load(job.summary_path(s)) as z:
             summaries.append((z["labels"], z["counts"]) if job.label_plan is not None else int(z["total"]))
     return summaries
 
 
 def _phase_spill(job: Job, alloc: Allocation, s: int) -> None:
     blob_path, positions_path, offsets_path, stats_path = job.spill_paths(s)
-    if os.path.exists(stats_path):
+    if epath.Path(stats_path).exists():
         return
     selected = select_shard(job, alloc, s)
     byte_offsets = np.concatenate([[0], np.cumsum([len(p) for p in selected.records], dtype=np.int64)])
@@ -451,13 +450,13 @@ def _phase_assemble(job: Job, k: int, bounds: np.ndarray, num_sources: int, path
     positions, pieces = [], []
     for s in range(num_sources):
         blob_path, positions_path, offsets_path, _ = job.spill_paths(s)
-        spilled = np.load(positions_path, mmap_mode="r")  # binary search touches a few pages only
+        spilled = paths.np_load(positions_path, mmap_mode="r")  # binary search touches a few pages only
         lo, hi = np.searchsorted(spilled, [start, end])
         if lo == hi:
             continue
         positions.append(np.array(spilled[lo:hi]))
-        offsets = np.array(np.load(offsets_path, mmap_mode="r")[lo : hi + 1])
-        with open(blob_path, "rb") as handle:
+        offsets = np.array(paths.np_load(offsets_path, mmap_mode="r")[lo : hi + 1])
+        with epath.Path(blob_path).open("rb") as handle:
             handle.seek(int(offsets[0]))
             chunk = handle.read(int(offsets[-1] - offsets[0]))
         rel = offsets - offsets[0]
@@ -528,14 +527,14 @@ def write_selected(
     num_out = len(alloc.sizes)
     out_paths = job.output_paths(num_out)
     for k in range(num_out * process_index // process_count, num_out * (process_index + 1) // process_count):
-        if not os.path.exists(out_paths[k]):
+        if not epath.Path(out_paths[k]).exists():
             _phase_assemble(job, k, alloc.bounds, num_sources, out_paths[k])
     _wait_for(out_paths, wait_timeout_s)
 
     if process_index == 0:
         stats = []
         for s in range(num_sources):
-            with np.load(job.spill_paths(s)[3]) as z:
+            with paths.np_load(job.spill_paths(s)[3]) as z:
                 stats.append({key: z[key] for key in ("draws", "unique", "label_copies")})
         finish(job, alloc, stats)
     else:

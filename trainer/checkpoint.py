@@ -14,12 +14,15 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from data import paths
 
 CHECKPOINT_DIR = "checkpoints"
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    return os.path.join(paths.resolve(workdir), CHECKPOINT_DIR)
 
 
 class Checkpointer:
@@ -95,8 +98,19 @@ def load_variables(workdir: str, use_ema: bool = True) -> dict:
     """
     directory = checkpoint_dir(workdir)
     step = _latest_step(directory)
-    stat = os.stat(os.path.join(directory, str(step)))  # a re-created run dir is a new entry
-    return _load_variables(directory, step, stat.st_ino, stat.st_mtime_ns, bool(use_ema))
+    return _load_variables(directory, step, *_identity(os.path.join(directory, str(step))), bool(use_ema))
+
+
+def _identity(step_dir: str) -> tuple[int, int]:
+    """What tells a re-created run's checkpoint from the old one at the same step: (inode, mtime in ns)
+    on local disk; on a bucket the step folder's modification time as its listing reports it."""
+    if not paths.is_url(step_dir):
+        stat = os.stat(step_dir)
+        return stat.st_ino, stat.st_mtime_ns
+    try:
+        return 0, int(epath.Path(step_dir).stat().mtime)
+    except (OSError, KeyError, ValueError):  # an object store may keep no time for a folder
+        return 0, 0
 
 
 @functools.lru_cache(maxsize=4)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import TypeVar
 
 import jax
+from etils import epath
 
 T = TypeVar("T")
 
@@ -55,14 +56,26 @@ def progress_line(
     )
 
 
+class _EpathWriterFactory:
+    """tensorboardX's writer for URLs through etils.epath (its own GCS writer needs google-cloud-storage)."""
+
+    def open(self, path: str):
+        return epath.Path(path).open("wb")
+
+    def directory_check(self, path: str) -> None:
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
 class MetricsWriter:
     """Scalars to `workdir/tb` (TensorBoard event files), written by process 0 only."""
 
     def __init__(self, logdir: str):
         self._writer = None
         if jax.process_index() == 0:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter, record_writer
 
+            for scheme in ("gs", "s3"):  # event files on a bucket go through the project's path layer
+                record_writer.register_writer_factory(scheme, _EpathWriterFactory())
             self._writer = SummaryWriter(logdir)
 
     def write(self, step: int, scalars: dict[str, float]) -> None:

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
+from etils import epath
 
-from data import manifest, records
+from data import manifest, paths, records
 from trainer.evaluate import evaluate
 from trainer.train import train
 
@@ -24,7 +25,7 @@ def split_train_val(train_dir: str, out_dir: str, val_fraction: float = 0.2, see
     """Writes `out_dir/train` and `out_dir/val`: a seeded random `val_fraction` of the records, per
     class where possible (every class keeps a training example). Skipped when both manifests exist."""
     train_out, val_out = os.path.join(out_dir, "train"), os.path.join(out_dir, "val")
-    if all(os.path.exists(os.path.join(d, manifest.MANIFEST_NAME)) for d in (train_out, val_out)):
+    if all(epath.Path(os.path.join(d, manifest.MANIFEST_NAME)).exists() for d in (train_out, val_out)):
         return train_out, val_out
     shards = manifest.load_manifest(train_dir)
     examples = [data for path in shards.files for data in records.iter_records(path)]
@@ -36,7 +37,7 @@ def split_train_val(train_dir: str, out_dir: str, val_fraction: float = 0.2, see
         take = min(int(round(val_fraction * len(members))), len(members) - 1)
         is_val[members[:take]] = True
     for directory, chosen in ((train_out, ~is_val), (val_out, is_val)):
-        os.makedirs(directory, exist_ok=True)
+        epath.Path(directory).mkdir(parents=True, exist_ok=True)
         path = os.path.join(directory, "split-00000-of-00001.tfrecord")
         count = records.write_tfrecord(path, [examples[i] for i in np.flatnonzero(chosen)])
         counts = np.zeros(shards.num_labels, np.int64)
@@ -50,7 +51,7 @@ def split_train_val(train_dir: str, out_dir: str, val_fraction: float = 0.2, see
             shards.label_names,
             counts.tolist(),
             shards.hierarchy,
-            {"split_of": os.path.abspath(train_dir), "val_fraction": val_fraction, "seed": seed},
+            {"split_of": paths.resolve(train_dir), "val_fraction": val_fraction, "seed": seed},
         )
     return train_out, val_out
 

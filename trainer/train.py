@@ -19,6 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from data import atomic, manifest
 from trainer import metrics as metrics_lib
@@ -75,9 +76,9 @@ def fit(
     """Trains `model` for `total_steps` on batches from `make_iterator()` (which must offer
     get_state/set_state); checkpoints, logs and writes `workdir/final.json`; returns its metrics."""
     final_path = os.path.join(workdir, FINAL_NAME)
-    if os.path.exists(final_path):
+    if epath.Path(final_path).exists():
         return atomic.read_json(final_path)
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     programs = programs_lib.programs_for(config, model, total_steps, warmup_steps)
     init_key, state_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))
     runner, abstract = programs.runner, programs.abstract_state
@@ -220,7 +221,7 @@ def train(
     from models.registry import build_model
 
     final_path = os.path.join(workdir, FINAL_NAME)
-    if os.path.exists(final_path):
+    if epath.Path(final_path).exists():
         return atomic.read_json(final_path)
     shards = manifest.load_manifest(train_dir, verify=False)
     total, warmup = schedules.resolve_steps(config, shards.num_records)
