@@ -245,7 +245,7 @@ class _Targets:
                 records.decode_example(r).example_id.decode() for f in shard_set.files for r in records.iter_records(f)
             ]
             ids += names
-            sets += [os.path.abspath(target)] * len(names)
+            sets += [paths.resolve(target)] * len(names)
         if not features:
             raise ValueError(f"no target images in {list(target_dirs)}")
         return cls(np.concatenate(features), np.concatenate(kept) if keep_images else None, ids, sets)

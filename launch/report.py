@@ -247,7 +247,7 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
     ]
 
     dedup_section: list[str] = []
-    if os.path.exists(ws.marker("dedup")) and config.dedup.enabled:
+    if epath.Path(ws.marker("dedup")).exists() and config.dedup.enabled:
         removal = atomic.read_json(ws.marker("dedup"))["summary"]
         dedup_section = [
             "## Near-duplicates of target images removed from the source",

@@ -88,7 +88,7 @@ def stage_dedup(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     if not config.dedup.enabled:
         return {"enabled": False}
     targets = [ws.target(s) for s in ("train", "validation", "test")]
-    targets = [t for t in targets if os.path.exists(os.path.join(t, manifest.MANIFEST_NAME))]
+    targets = [t for t in targets if epath.Path(t, manifest.MANIFEST_NAME).exists()]
     if jax.process_index() == 0:
         report = dedup.remove_near_duplicates(
             ws.prepared_source,
