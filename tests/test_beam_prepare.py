@@ -5,6 +5,7 @@ resumed to the same bytes, the dry run, and launch.main with both jobs on Beam."
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -148,7 +149,8 @@ def test_dry_run_prints_the_graph_and_writes_nothing(tmp_path, capsys):
 @pytest.mark.slow
 def test_launch_main_with_both_jobs_on_beam(tmp_path):
     """`python -m launch.main` with data.preparer=beam and selection.writer=beam: a bad source image is
-    listed, not fatal; both jobs log their counters; the selected sets are complete."""
+    listed, not fatal; both jobs log their counters; the selected sets are complete and byte-identical
+    to the select stage's with the in-process writer."""
     from tests.test_real_data import launch, write_config
 
     write_folder_target(tmp_path / "target")
@@ -173,3 +175,17 @@ def test_launch_main_with_both_jobs_on_beam(tmp_path):
         selected = manifest.load_manifest(str(workdir / "selected" / method))
         assert selected.num_records == 40
     assert (workdir / "report.md").exists()
+
+    # The select stage again with the in-process writer, into a copy of the work dir: the same bytes.
+    again = tmp_path / "again"
+    shutil.copytree(workdir, again)
+    shutil.rmtree(again / "selected")
+    (again / "stages" / "select.json").unlink()
+    rerun = launch(config, again, "--stages=select", "--config.data.preparer=beam", "--allow_config_change")
+    assert "[beam] select" not in rerun.stdout  # selection.writer is back at its default, inprocess
+    for method in ("same", "elastic"):
+        names = sorted(os.listdir(workdir / "selected" / method))
+        assert names == sorted(os.listdir(again / "selected" / method))
+        for name in names:  # the manifests name their source dir, which is the copy's
+            ours = (again / "selected" / method / name).read_bytes().replace(str(again).encode(), str(workdir).encode())
+            assert (workdir / "selected" / method / name).read_bytes() == ours, name
