@@ -10,6 +10,8 @@ reads each side from where users keep it, independently, as `data.source` and `d
           "shards"   a shard set this project already prepared (a directory with manifest.json) at
                      `path`/<split>
           "embedded" that side rendered from `data.embedded`
+          "merged"   source only: several corpora in one label space (data/merged.py); `parts` holds
+                     a side config per corpus, by name; `prefix_labels` keeps their labels apart
   train_split, test_split   TFDS split strings, or sub-paths under `path` ("" = `path` itself); the
                      source reads `train_split` only
   hierarchy          JSON file parent -> children, or `wordnet_is_a`: "parent child" wnid pairs
@@ -31,7 +33,7 @@ from data import hierarchy as hierarchy_lib
 from data import manifest, paths, prepare, records
 
 DATA_KINDS = ("embedded", "external")
-SIDE_KINDS = ("tfds", "folder", "csv", "shards", "embedded")
+SIDE_KINDS = ("tfds", "folder", "csv", "shards", "embedded", "merged")
 SIDES = ("source", "target")
 
 
@@ -53,6 +55,8 @@ def side_config(kind: str = "tfds", **fields) -> ml_collections.ConfigDict:
     c.max_side = 0  # > 0: images with a longer side are shrunk to it when prepared (0: kept as stored)
     c.validation_fraction = 0.0
     c.validation_seed = 0
+    c.parts = ml_collections.ConfigDict()  # merged: name -> side config of each corpus
+    c.prefix_labels = False  # merged: "<part>/<label>" instead of one label per name
     for key, value in fields.items():
         c[key] = value
     return c
@@ -93,7 +97,7 @@ def _check_side(side_name: str, side: ml_collections.ConfigDict, check_paths: bo
         raise _error(f"{key}.num_shards", side.num_shards, "an integer >= 0 (0 = one shard per 1024 records)")
     if not 0 <= side.validation_fraction < 1:
         raise _error(f"{key}.validation_fraction", side.validation_fraction, "a number in [0, 1)")
-    if side.validation_fraction and side_name == "source":
+    if side.validation_fraction and side_name.startswith("source"):
         raise _error(
             f"{key}.validation_fraction", side.validation_fraction, "0 (only the target has a validation split)"
         )
@@ -101,6 +105,14 @@ def _check_side(side_name: str, side: ml_collections.ConfigDict, check_paths: bo
         if check_paths and side[file_key] and paths.missing(side[file_key]):
             raise _error(f"{key}.{file_key}", side[file_key], "an existing file ('' for none); nothing is there")
     if side.kind == "embedded":
+        return
+    if side.kind == "merged":
+        if side_name != "source" or not side.parts:
+            raise _error(f"{key}.parts", side.parts, "named side configs of the corpora to merge (source only)")
+        for part_name, part in side.parts.items():
+            if part.kind in ("merged", "embedded"):
+                raise _error(f"{key}.parts.{part_name}.kind", part.kind, "a corpus kind: tfds, folder, csv or shards")
+            _check_side(f"{side_name}.parts.{part_name}", part, check_paths)
         return
     if side.kind == "tfds":
         if not side.name:
@@ -117,7 +129,7 @@ def _check_side(side_name: str, side: ml_collections.ConfigDict, check_paths: bo
     if not side.path:
         raise _error(f"{key}.path", side.path, f"the location of the data when kind is {side.kind!r}")
     for split_key, split in (("train_split", side.train_split), ("test_split", side.test_split)):
-        if not check_paths or (side_name == "source" and split_key == "test_split"):
+        if not check_paths or (side_name.startswith("source") and split_key == "test_split"):
             continue
         location = split_location(side, split)
         if paths.missing(location):
@@ -160,6 +172,14 @@ class ShardSetListing(prepare.Listing):
 
 def listing(side: ml_collections.ConfigDict, split: str) -> prepare.Listing:
     """The examples of one split of a side, wherever they are kept."""
+    if side.kind == "merged":  # each corpus's own training split
+        from data import merged
+
+        parts = []
+        for name, part in side.parts.items():
+            part_listing = listing(part, part.train_split)
+            parts.append((name, part_listing, _hierarchy(part, part_listing)))
+        return merged.MergedListing(parts, prefix_labels=bool(side.prefix_labels))
     if side.kind == "tfds":
         return prepare.TfdsListing(side.name, split, side.data_dir or None, side.image_key, side.label_key)
     location = split_location(side, split)
@@ -173,6 +193,8 @@ def listing(side: ml_collections.ConfigDict, split: str) -> prepare.Listing:
 
 
 def _hierarchy(side: ml_collections.ConfigDict, examples: prepare.Listing) -> dict[str, list[str]] | None:
+    if side.kind == "merged":
+        return examples.hierarchy or None  # type: ignore[attr-defined]  # the parts', merged (data/merged.py)
     if side.hierarchy:
         return hierarchy_lib.load_json(paths.resolve(side.hierarchy))
     if side.wordnet_is_a:
