@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from data import atomic, beam_runner, manifest, prepare, records
+from data import atomic, beam_runner, manifest, prepare, records, shards
 
 NAMESPACE = "prepare"
 BAD_IMAGES_NAME = "bad_images.jsonl"
@@ -47,7 +47,7 @@ def _convert_shard(shard: int, listing: prepare.Listing, out_dir: str, names: li
     """Writes output shard `shard` (unless an earlier run finished it); returns its index."""
     path = os.path.join(out_dir, names[shard])
     lo, hi = prepare.shard_range(len(listing), len(names), shard)
-    done = prepare.shard_done(path)
+    done = shards.shard_done(path)
     if done is None:
         get = prepare.example_fn(listing, max_side)
         num_labels = len(listing.label_names)
@@ -65,7 +65,7 @@ def _convert_shard(shard: int, listing: prepare.Listing, out_dir: str, names: li
                 yield prepare.encode_checked(example, index, num_labels)
 
         written = records.write_tfrecord(path, good_records())
-        done = prepare.finish_shard(path, written, counts, bad)
+        done = shards.finish_shard(path, written, counts, bad)
         skipped = f", {len(bad)} unreadable skipped" if bad else ""
         print(f"[beam] prepare: wrote {names[shard]} ({written} records{skipped})", flush=True)  # progress
     _counter("examples_read").inc(hi - lo)
@@ -76,15 +76,15 @@ def _convert_shard(shard: int, listing: prepare.Listing, out_dir: str, names: li
 
 
 def _write_manifest(
-    shards: list[int], out_dir: str, names: list[str], listing: prepare.Listing, hierarchy, extra
+    _written: list[int], out_dir: str, names: list[str], listing: prepare.Listing, hierarchy, extra
 ) -> None:
-    done = prepare.read_done(out_dir, names)
+    done = shards.read_done(out_dir, names)
     bad = [entry for d in done for entry in d["bad"]]
     atomic.write_text(
         os.path.join(out_dir, BAD_IMAGES_NAME), "".join(json.dumps(b, sort_keys=True) + "\n" for b in bad)
     )
     extra = {**extra, "bad_images": {"count": len(bad), "file": BAD_IMAGES_NAME}}
-    prepare.write_manifest(out_dir, names, done, listing.label_names, hierarchy, extra)
+    shards.write_manifest(out_dir, names, done, listing.label_names, hierarchy, extra)
 
 
 def convert(
@@ -99,7 +99,7 @@ def convert(
     dry_run: bool = False,
     process_index: int = 0,
     process_count: int = 1,
-    barrier: Callable[[str], None] = prepare.no_barrier,
+    barrier: Callable[[str], None] = shards.no_barrier,
 ) -> manifest.ShardSet | None:
     """`data.prepare.convert` as a Beam job: the same shard set, with unreadable images skipped and named.
 
@@ -114,7 +114,7 @@ def convert(
     if process_index == 0:
         if not dry_run:
             epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
-            prepare.remove_stale_shards(out_dir, names)
+            shards.remove_stale_shards(out_dir, names)
         extra = {"prepared_from": listing.prepared_from, **({"max_side": max_side} if max_side else {})}
 
         def build(pipeline) -> None:

@@ -30,14 +30,14 @@ import time
 import unicodedata
 import zlib
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
-from etils import epath
 
-from data import glyphs
-from data.manifest import MANIFEST_NAME, ShardSet, load_manifest, write_manifest
-from data.records import Example, encode_example, write_tfrecord
+from data import glyphs, shards
+from data.manifest import ShardSet
+from data.records import Example, encode_example
 
 SOURCE_STREAM, TRAIN_STREAM, TEST_STREAM = 0, 1, 2
 HELD_OUT_FONTS = ("DejaVuSans-BoldOblique", "DejaVuSerif-BoldItalic", "DejaVuSansMono-BoldOblique", "STIXGeneralBolIta")
@@ -287,30 +287,27 @@ def _render(
             yield from pngs
 
 
-def _start_set(out_dir: str) -> None:
-    """Drops an old manifest first, so a crash mid-build never leaves a set that looks complete."""
-    epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
-    epath.Path(out_dir, MANIFEST_NAME).unlink(missing_ok=True)
+def _write_set(
+    out_dir: str,
+    prefix: str,
+    items: Sequence[_Item],
+    pngs: Iterator[bytes],
+    num_shards: int,
+    **card: Any,
+) -> ShardSet:
+    """Contiguous, nearly equal shards `prefix-0000i-of-0000n.tfrecord` (`data.shards`), then the manifest.
 
-
-def _write_shards(
-    out_dir: str, prefix: str, items: Sequence[_Item], pngs: Iterator[bytes], num_shards: int
-) -> tuple[list[str], list[int]]:
-    """Contiguous, nearly equal shards `prefix-0000i-of-0000n.tfrecord`; stale shards of the prefix removed."""
+    Every shard is rendered again (no resume): the PNGs come from one stream in item order.
+    """
     num_shards = max(1, min(num_shards, len(items)))
     bounds = np.linspace(0, len(items), num_shards + 1).round().astype(int)
-    files, counts = [], []
-    for shard in range(num_shards):
-        records = [
-            encode_example(Example(image=next(pngs), labels=item.labels, example_id=item.example_id))
-            for item in items[bounds[shard] : bounds[shard + 1]]
-        ]
-        path = os.path.join(out_dir, f"{prefix}-{shard:05d}-of-{num_shards:05d}.tfrecord")
-        counts.append(write_tfrecord(path, records))
-        files.append(path)
-    for stale in set(map(str, epath.Path(out_dir).glob(f"{prefix}-*.tfrecord"))) - set(files):
-        epath.Path(stale).unlink()
-    return files, counts
+
+    def shard_records(shard: int) -> Iterator[tuple[bytes, tuple[int, ...]]]:
+        for item in items[bounds[shard] : bounds[shard + 1]]:
+            example = Example(image=next(pngs), labels=item.labels, example_id=item.example_id)
+            yield encode_example(example), item.labels
+
+    return shards.write_shard_set(out_dir, shard_records, num_shards=num_shards, prefix=prefix, resume=False, **card)
 
 
 def _interleave(
@@ -421,7 +418,6 @@ def build_source(out_dir: str, config: ml_collections.ConfigDict) -> ShardSet:
     counts = zipf_counts(len(space.chars), config.source.min_images_per_label, config.source.max_images_per_label, rng)
     images = source_layout(counts, config.source.multi_label_fraction, rng)
     items = _items("src", images, space, config.seed, SOURCE_STREAM)
-    _start_set(out_dir)
     pngs = _render(items, _style(config.source.style), config, "source")
     planted = _planted(config, space)
     if planted:  # spread at seeded positions among the rendered images
@@ -429,10 +425,8 @@ def build_source(out_dir: str, config: ml_collections.ConfigDict) -> ShardSet:
             len(items) + len(planted), len(planted), replace=False
         )
         items, pngs = _interleave(items, pngs, planted, set(slots.tolist()))
-    files, record_counts = _write_shards(out_dir, "source", items, pngs, config.source.num_shards)
     label_counts = np.bincount([y for labels in images for y in labels], minlength=len(space.chars))
     assert np.array_equal(label_counts, counts), "layout must realise the planned label counts"
-    label_counts += np.bincount([item.labels[0] for item, _ in planted], minlength=len(space.chars))
     source_fonts, target_fonts = _fonts(config)
     stats = dict(
         num_images=len(items),
@@ -445,12 +439,13 @@ def build_source(out_dir: str, config: ml_collections.ConfigDict) -> ShardSet:
         images_per_label_median=float(np.median(counts)),
         images_per_label_max=int(counts.max()),
     )
-    write_manifest(
+    source = _write_set(
         out_dir,
-        files,
-        record_counts,
+        "source",
+        items,
+        pngs,
+        config.source.num_shards,
         label_names=space.chars,
-        label_counts=label_counts.tolist(),
         hierarchy=_hierarchy(space.groups, space.chars),
         extra=dict(
             dataset="embedded_glyphs/source",
@@ -467,7 +462,7 @@ def build_source(out_dir: str, config: ml_collections.ConfigDict) -> ShardSet:
         f"{stats['labels_per_image']} labels/image in {time.time() - began:.1f}s -> {out_dir}",
         flush=True,
     )
-    return load_manifest(out_dir, verify=False)
+    return source
 
 
 def build_target(out_dir: str, config: ml_collections.ConfigDict) -> dict[str, ShardSet]:
@@ -481,22 +476,18 @@ def build_target(out_dir: str, config: ml_collections.ConfigDict) -> dict[str, S
     _, target_fonts = _fonts(config)
     splits = {}
     target_items = _target_items(config)
-    for split, per_class, num_shards in (
-        ("train", config.target.train_per_class, config.target.train_shards),
-        ("test", config.target.test_per_class, config.target.test_shards),
-    ):
+    for split, num_shards in (("train", config.target.train_shards), ("test", config.target.test_shards)):
         began = time.time()
         items = target_items[split]
         split_dir = os.path.join(out_dir, split)
-        _start_set(split_dir)
         pngs = _render(items, _style(config.target.style), config, f"target/{split}")
-        files, record_counts = _write_shards(split_dir, split, items, pngs, num_shards)
-        write_manifest(
+        splits[split] = _write_set(
             split_dir,
-            files,
-            record_counts,
+            split,
+            items,
+            pngs,
+            num_shards,
             label_names=class_names,
-            label_counts=[per_class] * len(class_names),
             hierarchy={
                 group: [n for n, g in zip(class_names, space.groups, strict=True) if g == group]
                 for group in dict.fromkeys(space.groups)
@@ -514,7 +505,6 @@ def build_target(out_dir: str, config: ml_collections.ConfigDict) -> dict[str, S
             f"[embedded] target/{split}: {len(items)} images, {len(class_names)} classes in {time.time() - began:.1f}s",
             flush=True,
         )
-        splits[split] = load_manifest(split_dir, verify=False)
     return splits
 
 

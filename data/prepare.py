@@ -28,7 +28,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -36,20 +36,12 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from data import atomic, manifest, paths, records
 from data import hierarchy as hierarchy_lib
+from data import manifest, paths, records, shards
+from data.shards import no_barrier
 
 DEFAULT_RECORDS_PER_SHARD = 1024
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-_SIDECAR = ".json"  # `<shard>.json`: a finished shard's record count and label counts (resume, manifest)
-
-
-def _shard_name(prefix: str, shard: int, num_shards: int) -> str:
-    return f"{prefix}-{shard:05d}-of-{num_shards:05d}.tfrecord"
-
-
-def no_barrier(name: str) -> None:
-    """Single-process default: nothing to wait for."""
 
 
 def write_shard_set(
@@ -69,122 +61,49 @@ def write_shard_set(
 ) -> manifest.ShardSet:
     """Writes examples 0..num_examples-1 (fetched with `threads` threads) as an even shard set.
 
-    Resumable and multi-process: process p writes shards p, p + P, ... (a disjoint part), each
-    atomically and followed by a small `<shard>.json` of its counts; a shard with that file is done
-    and skipped when the job runs again. After `barrier`, process 0 writes the manifest from those
-    files; every process then returns the loaded shard set.
+    Shard k holds the examples `shard_range(n, S, k)`; the writing (atomic, resumable, shards split
+    over the processes, manifest last) is `data.shards.write_shard_set`.
     """
     if num_examples <= 0:
         raise ValueError(f"{out_dir}: nothing to write")
-    names = shard_names(num_examples, num_shards, prefix)
-    num_shards = len(names)
-    epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
-    if process_index == 0:
-        remove_stale_shards(out_dir, names, prefix)
+    num_shards = len(shard_names(num_examples, num_shards, prefix))
 
     def encoded(index: int) -> tuple[bytes, tuple[int, ...]]:
         example = get_example(index)
         return encode_checked(example, index, len(label_names)), example.labels
 
-    def shard_records(lo: int, hi: int, pool: ThreadPoolExecutor, counts: np.ndarray):
-        chunk = max(64, 4 * threads)  # bounded read-ahead: memory does not grow with the shard
-        for start in range(lo, hi, chunk):
-            for data, labels in pool.map(encoded, range(start, min(hi, start + chunk))):
-                for label in labels:
-                    counts[label] += 1
-                yield data
-
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        for shard in range(process_index, num_shards, process_count):
-            path = os.path.join(out_dir, names[shard])
-            if shard_done(path) is not None:
-                continue  # finished by an earlier run
+
+        def shard_records(shard: int) -> Iterator[tuple[bytes, tuple[int, ...]]]:
             lo, hi = shard_range(num_examples, num_shards, shard)
-            counts = np.zeros(len(label_names), np.int64)
-            written = records.write_tfrecord(path, shard_records(lo, hi, pool, counts))
-            finish_shard(path, written, counts)
-    barrier(f"shards of {out_dir} written")
-    if process_index == 0:
-        write_manifest(out_dir, names, read_done(out_dir, names), label_names, hierarchy, extra)
-    barrier(f"manifest of {out_dir} written")
-    return manifest.load_manifest(out_dir, verify=False)
+            chunk = max(64, 4 * threads)  # bounded read-ahead: memory does not grow with the shard
+            for start in range(lo, hi, chunk):
+                yield from pool.map(encoded, range(start, min(hi, start + chunk)))
 
-
-def remove_stale_shards(out_dir: str, names: Sequence[str], prefix: str = "data") -> None:
-    """Removes shard files of a run with another shard count (its manifest never listed them)."""
-    for stale in epath.Path(out_dir).glob(f"{prefix}-*.tfrecord*"):
-        if stale.name.split(".tmp")[0].removesuffix(_SIDECAR) not in names:
-            stale.unlink()
+        return shards.write_shard_set(
+            out_dir,
+            shard_records,
+            num_shards=num_shards,
+            label_names=label_names,
+            prefix=prefix,
+            hierarchy=hierarchy,
+            extra=extra,
+            process_index=process_index,
+            process_count=process_count,
+            barrier=barrier,
+        )
 
 
 def shard_names(num_examples: int, num_shards: int | None, prefix: str = "data") -> list[str]:
     """File names of the even shard set of `num_examples` (`num_shards` or one per 1024 records)."""
     num_shards = num_shards or max(1, math.ceil(num_examples / DEFAULT_RECORDS_PER_SHARD))
     num_shards = min(num_shards, num_examples)
-    return [_shard_name(prefix, shard, num_shards) for shard in range(num_shards)]
+    return [shards.shard_name(prefix, shard, num_shards) for shard in range(num_shards)]
 
 
 def shard_range(num_examples: int, num_shards: int, shard: int) -> tuple[int, int]:
     """Listing indices [lo, hi) of one shard: contiguous, sizes within one."""
     return num_examples * shard // num_shards, num_examples * (shard + 1) // num_shards
-
-
-def finish_shard(path: str, written: int, label_counts: np.ndarray, bad: list | None = None) -> dict:
-    """Records a written shard as done: its `<shard>.json` (record and label counts, sha256, and the
-    images skipped as unreadable), what the manifest is later written from."""
-    done = {
-        "records": int(written),
-        "label_counts": np.asarray(label_counts, np.int64).tolist(),
-        "sha256": manifest.sha256_file(path),
-        "bad": list(bad or []),
-    }
-    atomic.write_json(path + _SIDECAR, done)
-    return done
-
-
-def shard_done(path: str) -> dict | None:
-    """The `<shard>.json` of a finished shard, or None when the shard still has to be written."""
-    return atomic.read_json(path + _SIDECAR) if epath.Path(path + _SIDECAR).exists() else None
-
-
-def read_done(out_dir: str, names: Sequence[str]) -> list[dict]:
-    """Every shard's `<shard>.json`; all shards must be finished."""
-    done = [shard_done(os.path.join(out_dir, name)) for name in names]
-    missing = [name for name, d in zip(names, done, strict=True) if d is None]
-    if missing:
-        raise AssertionError(f"{out_dir}: {len(missing)} shard(s) not written, e.g. {missing[0]}")
-    return done
-
-
-def write_manifest(
-    out_dir: str,
-    names: Sequence[str],
-    done: list[dict],
-    label_names: Sequence[str],
-    hierarchy: dict[str, list[str]] | None,
-    extra: dict[str, Any] | None,
-) -> None:
-    """The manifest (written last) from every shard's `read_done` record; then the `.json` files and
-    any temp file of a killed writer go."""
-    label_counts = np.sum([d["label_counts"] for d in done], axis=0, dtype=np.int64)
-    if hierarchy:
-        hierarchy_lib.validate(hierarchy)
-    manifest.write_manifest(
-        out_dir,
-        [os.path.join(out_dir, name) for name in names],
-        [d["records"] for d in done],
-        list(label_names),
-        label_counts.tolist(),
-        hierarchy,
-        extra,
-        sha256s=[d["sha256"] for d in done],
-    )
-    for name in names:  # the manifest now holds what they recorded
-        epath.Path(out_dir, name + _SIDECAR).unlink()
-    listed = set(names)
-    for entry in epath.Path(out_dir).iterdir():  # temp files of writers killed before their rename
-        if ".tmp" in entry.name and entry.name.split(".tmp")[0].removesuffix(_SIDECAR) in listed:
-            entry.unlink()
 
 
 def encode_checked(example: records.Example, index: int, num_labels: int) -> bytes:
@@ -466,7 +385,7 @@ def folder_listing(root: str) -> FileListing:
     classes = sorted(p.name for p in base.iterdir() if p.is_dir())
     if not classes:
         raise ValueError(f"{root}: no class folders")
-    items = []
+    items: list[tuple[str, tuple[int, ...], str]] = []
     for label, name in enumerate(classes):
         for path in sorted(str(p) for p in _files_below(base / name) if p.suffix.lower() in IMAGE_EXTENSIONS):
             items.append((path, (label,), path[len(str(base)) :].lstrip("/")))

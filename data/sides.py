@@ -30,7 +30,7 @@ from collections.abc import Callable
 import ml_collections
 
 from data import hierarchy as hierarchy_lib
-from data import manifest, paths, prepare, records
+from data import manifest, paths, prepare, records, shards
 
 DATA_KINDS = ("embedded", "external")
 SIDE_KINDS = ("tfds", "folder", "csv", "shards", "embedded", "merged")
@@ -212,7 +212,7 @@ def prepare_data(
     target_dir: Callable[[str], str],
     process_index: int = 0,
     process_count: int = 1,
-    barrier: Callable[[str], None] = prepare.no_barrier,
+    barrier: Callable[[str], None] = shards.no_barrier,
     convert: Callable[..., object] = prepare.convert,
 ) -> None:
     """Converts the source into `source_dir` and the target's splits into `target_dir(split)` (folders

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from data import manifest, paths, records
+from data import manifest, paths, records, shards
 from trainer.evaluate import evaluate
 from trainer.train import train
 
@@ -27,32 +27,32 @@ def split_train_val(train_dir: str, out_dir: str, val_fraction: float = 0.2, see
     train_out, val_out = os.path.join(out_dir, "train"), os.path.join(out_dir, "val")
     if all(epath.Path(os.path.join(d, manifest.MANIFEST_NAME)).exists() for d in (train_out, val_out)):
         return train_out, val_out
-    shards = manifest.load_manifest(train_dir)
-    examples = [data for path in shards.files for data in records.iter_records(path)]
-    first_label = np.array([(records.decode_example(d).labels or (-1,))[0] for d in examples])
+    source = manifest.load_manifest(train_dir)
+    examples = [data for path in source.files for data in records.iter_records(path)]
+    labels = [records.decode_example(d).labels for d in examples]
+    first_label = np.array([(y or (-1,))[0] for y in labels])
     rng = np.random.default_rng(seed)
     is_val = np.zeros(len(examples), bool)
     for label in np.unique(first_label):
         members = rng.permutation(np.flatnonzero(first_label == label))
         take = min(int(round(val_fraction * len(members))), len(members) - 1)
         is_val[members[:take]] = True
-    for directory, chosen in ((train_out, ~is_val), (val_out, is_val)):
-        epath.Path(directory).mkdir(parents=True, exist_ok=True)
-        path = os.path.join(directory, "split-00000-of-00001.tfrecord")
-        count = records.write_tfrecord(path, [examples[i] for i in np.flatnonzero(chosen)])
-        counts = np.zeros(shards.num_labels, np.int64)
-        for i in np.flatnonzero(chosen):
-            for label in records.decode_example(examples[i]).labels:
-                counts[label] += 1
-        manifest.write_manifest(
+
+    def write(directory: str, chosen: np.ndarray) -> None:
+        picked = [(examples[i], labels[i]) for i in np.flatnonzero(chosen)]
+        shards.write_shard_set(
             directory,
-            [path],
-            [count],
-            shards.label_names,
-            counts.tolist(),
-            shards.hierarchy,
-            {"split_of": paths.resolve(train_dir), "val_fraction": val_fraction, "seed": seed},
+            lambda _: picked,  # one shard
+            num_shards=1,
+            label_names=source.label_names,
+            prefix="split",
+            hierarchy=source.hierarchy,
+            extra={"split_of": paths.resolve(train_dir), "val_fraction": val_fraction, "seed": seed},
+            resume=False,
         )
+
+    write(train_out, ~is_val)
+    write(val_out, is_val)
     return train_out, val_out
 
 
