@@ -56,7 +56,9 @@ def main() -> None:
         params = method.defaults()
         if "top_k" in params:
             params.top_k = top_k
-        return method.plan(methods.PlanContext(names, raw_counts, args.examples, {}, w, args.size, params)).plan
+        plan = method.plan(methods.PlanContext(names, raw_counts, args.examples, {}, w, args.size, params)).plan
+        assert isinstance(plan, plan_lib.LabelPlan), matcher
+        return plan
 
     for matcher in ("same", "elastic", "uniform", "reverse"):
         start = time.perf_counter()

@@ -195,7 +195,7 @@ def _background(rng: np.random.Generator, side: int, palette: str) -> np.ndarray
     if kind == 2:
         cells = int(rng.integers(2, 6))
         grid = rng.uniform(0, 1, (cells, cells)).astype(np.float32)
-        smooth = np.asarray(Image.fromarray(grid, "F").resize((side, side), Image.BICUBIC))
+        smooth = np.asarray(Image.fromarray(grid, "F").resize((side, side), Image.Resampling.BICUBIC))
         return base + np.clip(smooth, 0, 1)[..., None] * (other - base)
     period = int(rng.integers(3, 9))
     angle = rng.uniform(0, np.pi)
@@ -226,12 +226,12 @@ def _place_glyph(
     mask = glyph_mask(char, font)
     scale = height * rng.uniform(*style.em_range) / _BASE_EM
     w, h = max(1, round(mask.width * scale)), max(1, round(mask.height * scale))
-    mask = mask.resize((w, h), Image.BILINEAR)
+    mask = mask.resize((w, h), Image.Resampling.BILINEAR)
     angle = rng.uniform(-style.max_rotation_deg, style.max_rotation_deg)
-    mask = mask.rotate(angle, resample=Image.BICUBIC, expand=True)
+    mask = mask.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
     fit = min(1.0, 0.95 * width / mask.width, 0.95 * height / mask.height)
     if fit < 1.0:
-        mask = mask.resize((max(1, int(mask.width * fit)), max(1, int(mask.height * fit))), Image.BILINEAR)
+        mask = mask.resize((max(1, int(mask.width * fit)), max(1, int(mask.height * fit))), Image.Resampling.BILINEAR)
     x = x0 + int(rng.integers(0, width - mask.width + 1))
     y = y0 + int(rng.integers(0, height - mask.height + 1))
     return mask, x, y
@@ -257,7 +257,7 @@ def render_image(glyphs: Sequence[tuple[str, str]], style: Style, size: int, see
         alpha[y : y + mask.height, x : x + mask.width, 0] = np.asarray(mask, np.float32) / 255.0
         image = image * (1 - alpha) + _ink_colour(rng, image, style) * alpha
     pixels = Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB")
-    pixels = pixels.resize((size, size), Image.BOX)
+    pixels = pixels.resize((size, size), Image.Resampling.BOX)
     if rng.uniform() < style.blur_prob:
         pixels = pixels.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, style.blur_radius_max)))
     noise = rng.normal(0.0, rng.uniform(0, style.noise_std_max) * 255, (size, size, 3))

@@ -17,7 +17,7 @@ import logging
 import math
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import grain
 import jax
@@ -89,6 +89,7 @@ class _Preprocess:
             return self._corrupt(index, f"undecodable example ({err})")
         try:
             if self.train:
+                assert rng is not None, "training preprocessing is a random map: grain passes the rng"
                 image = augment_lib.train_image(
                     example.image, self.image_size, rng, flip=self.flip, area_range=(self.min_crop_area, 1.0)
                 )
@@ -273,6 +274,15 @@ def eval_batches(
         yield _to_float(batch)
 
 
+class StatefulIterator(Iterator[Batch], Protocol):
+    """An iterator of batches whose position can be saved and restored: grain's `DatasetIterator`,
+    `DevicePrefetcher`. Training loops need one, since checkpoints store that position."""
+
+    def get_state(self) -> dict[str, Any]: ...
+
+    def set_state(self, state: dict[str, Any]) -> None: ...
+
+
 class DevicePrefetcher:
     """Keeps `size` batches on device ahead of the consumer; its state is that of the consumer.
 
@@ -281,7 +291,8 @@ class DevicePrefetcher:
     """
 
     def __init__(self, iterator: Iterator[Batch], size: int = 2, sharding: Any = None):
-        self._iterator, self._size, self._sharding = iterator, max(1, size), sharding
+        self._size, self._sharding = max(1, size), sharding
+        self._iterator: Any = iterator  # get_state/set_state only when it is a StatefulIterator
         self._queue: collections.deque = collections.deque()
 
     def _put(self, batch: Batch):

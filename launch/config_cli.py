@@ -55,6 +55,8 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     if not os.path.exists(path):
         raise ConfigError(f"config file {path} does not exist")
     module_spec = importlib.util.spec_from_file_location("_config_under_check", path)
+    if module_spec is None or module_spec.loader is None:
+        raise ConfigError(f"config file {path} is not a Python module")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module.get_config(arg) if arg else module.get_config()

@@ -190,7 +190,7 @@ class Cell(_Unit):
         states = [self.bn(self.conv(nn.relu(x), f, (1, 1), name="base_1x1"), train), prev]
         ops, indices = self.spec.operations, self.spec.hiddenstate_indices
         for i in range(5):
-            combined = 0
+            combined: Any = 0  # a sum of the two branch outputs
             for side, j in (("left", 2 * i), ("right", 2 * i + 1)):
                 index = indices[j]
                 stride = self.stride if index < 2 else 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +18,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from models.registry import block_names, build_model
+from models.registry import ModelOutputs, block_names, build_model
 
 
 def _count(tree: Any) -> int:
@@ -38,13 +38,15 @@ def model_card(config: ml_collections.ConfigDict) -> dict[str, Any]:
     images = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
 
-    def forward(v: Any, x: jax.Array) -> dict[str, jax.Array]:
-        return model.apply(v, x, train=False)
+    def forward(v: Any, x: jax.Array) -> ModelOutputs:
+        return cast(ModelOutputs, model.apply(v, x, train=False))
 
     outputs = jax.eval_shape(forward, variables, images)
     cost = jax.jit(forward).lower(variables, images).cost_analysis()
     if isinstance(cost, list):  # older jax returned one dict per computation
         cost = cost[0]
+    if cost is None:
+        raise RuntimeError(f"{jax.default_backend()}: XLA gave no cost analysis for {config.name}")
     return {
         "name": config.name,
         "image_size": config.image_size,

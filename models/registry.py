@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import flax.linen as nn
+import jax
 import ml_collections
 
 from models import amoeba_net, inception_v3, small_cnn
@@ -13,6 +14,10 @@ from models.genotypes import GENOTYPES
 from models.inception_v3 import InceptionV3
 from models.layers import resolve_dtype, scaled_filters
 from models.small_cnn import SmallCNN
+
+# What every model returns: "logits", "features" and, with an auxiliary head, "aux_logits". Flax
+# types `Module.apply` as returning Any or (Any, variables), so callers cast its result to this.
+ModelOutputs = dict[str, jax.Array]
 
 
 def _common(config: ml_collections.ConfigDict) -> dict:

@@ -89,10 +89,12 @@ def plan_allocation(
     copies per shard, the plan realised for the attributed counts).
     """
     num_shards = len(summaries)
-    shard = [np.full(len(labels), s, np.int64) for s, (labels, _) in enumerate(summaries)]
-    label = [np.asarray(labels, np.int64) for labels, _ in summaries]
-    count = [np.asarray(counts, np.int64) for _, counts in summaries]
-    shard, label, count = (np.concatenate(a) if a else np.zeros(0, np.int64) for a in (shard, label, count))
+    parts = (
+        [np.full(len(labels), s, np.int64) for s, (labels, _) in enumerate(summaries)],
+        [np.asarray(labels, np.int64) for labels, _ in summaries],
+        [np.asarray(counts, np.int64) for _, counts in summaries],
+    )
+    shard, label, count = (np.concatenate(a) if a else np.zeros(0, np.int64) for a in parts)
     attributed = np.bincount(label, weights=count, minlength=len(label_plan.count))
     if not np.array_equal(attributed, label_plan.count):
         label_plan = plan_lib.replan(label_plan, attributed)

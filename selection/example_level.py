@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -113,7 +114,7 @@ def sample_source(source_dir: str, size: int, seed: int) -> list[records.Example
         raise ValueError(f"cannot sample {size} of the source's {n} examples")
     wanted = np.sort(np.random.default_rng([int(seed), 0xD0C1A55]).choice(n, size=size, replace=False))
     starts = np.concatenate([[0], np.cumsum(source.record_counts)])
-    out = []
+    out: list[records.Example] = []
     for s, path in enumerate(source.files):
         lo, hi = np.searchsorted(wanted, [starts[s], starts[s + 1]])
         if lo == hi:
@@ -136,7 +137,8 @@ def write_domain_sets(
     target = [e for path in manifest.load_manifest(target_dir).files for e in _records(path)]
     source = sample_source(source_dir, len(target), seed)
     rng = np.random.default_rng([int(seed), 0xD0A1])
-    train, heldout = [], []
+    train: list[records.Example] = []
+    heldout: list[records.Example] = []
     for label, domain in enumerate((source, target)):
         order = rng.permutation(len(domain))
         cut = max(1, round(len(domain) * holdout_fraction))
@@ -208,7 +210,7 @@ def domain_classifier_cnn(
         forward = scoring.on_local_devices(p_target, variables, batch_size)
         paths = scoring.score_source(
             source_dir,
-            lambda images, ids: forward(images),
+            lambda images, ids: forward(images),  # type: ignore[arg-type]  # decode=True: images is an array
             os.path.join(work_dir, "scores"),
             image_size=int(model_config.image_size),
             batch_size=batch_size,
@@ -240,7 +242,8 @@ def _features_of(directory: str, feature_fn, image_size: int, batch_size: int) -
 def _features_and_labels(directory: str, feature_fn, image_size: int, batch_size: int):
     from data import augment
 
-    feats, labels = [], []
+    feats: list[np.ndarray] = []
+    labels: list[int] = []
     for path in manifest.load_manifest(directory).files:
         examples = _records(path)
         for start in range(0, len(examples), batch_size):
@@ -257,7 +260,7 @@ def domain_classifier_logistic(
     work_dir: str,
     *,
     size: int,
-    feature_model: tuple[Any, dict, int],
+    feature_model: tuple[Any, Mapping[str, Any], int],
     C: float,
     batch_size: int,
     seed: int,
@@ -360,7 +363,7 @@ def emd_labels(
     target_dir: str,
     work_dir: str,
     *,
-    feature_model: tuple[Any, dict, int],
+    feature_model: tuple[Any, Mapping[str, Any], int],
     top_k: int,
     size: float,
     gamma: float,

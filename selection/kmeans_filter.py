@@ -50,7 +50,7 @@ def kmeans_filter_scores(
     source_features: np.ndarray,
     centroids: np.ndarray,
     *,
-    aggregate: Literal["min", "mean"] = "min",
+    aggregate: str = "min",  # "min" | "mean", checked below (config values are str)
     p: float = 2,
 ) -> np.ndarray:
     """c_s^i = AggOp_k ||f(x_s^i) - z_k||_p for every source example (lower is closer to the target)."""

@@ -477,6 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             params=params,
         )
         plan = method.plan(context).plan
+        if not isinstance(plan, LabelPlan):
+            raise ValueError(f"{args.matcher} selects examples, not labels: no per-label plan to print")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

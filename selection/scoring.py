@@ -218,6 +218,7 @@ def label_feature_sums(
         counts: dict[int, int] = {}
         forwarded = 0
         for images, meta in _batches(path, image_size, batch_size, True):
+            assert images is not None  # decode=True
             features = np.asarray(feature_fn(images), np.float64)
             forwarded += len(meta)
             for row, (_, labels) in enumerate(meta):
@@ -236,12 +237,13 @@ def label_feature_sums(
         }
 
     files = _sharded_pass(source_dir, out_dir, SUMS_NAME, per_shard, process_index, process_count, wait_timeout_s)
-    total_sums, total_counts, forwarded = None, np.zeros(num_labels, np.int64), 0
+    total_sums: np.ndarray | None = None
+    total_counts, forwarded = np.zeros(num_labels, np.int64), 0
     for path in files:
         with paths.np_load(path) as z:
-            if total_sums is None and len(z["labels"]):
-                total_sums = np.zeros((num_labels, z["sums"].shape[1]))
             if len(z["labels"]):
+                if total_sums is None:
+                    total_sums = np.zeros((num_labels, z["sums"].shape[1]))
                 total_sums[z["labels"]] += z["sums"]
                 total_counts[z["labels"]] += z["counts"]
             forwarded += int(z["forwarded"])

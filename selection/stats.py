@@ -137,7 +137,7 @@ def write_tables(table: Sequence[dict], prefix: str, top: int = 20) -> tuple[str
     return prefix + ".csv", prefix + ".md"
 
 
-def plot_weights(weights: Sequence[float], label_names: Sequence[str], path: str, top: int = 100) -> None:
+def plot_weights(weights: Sequence[float] | np.ndarray, label_names: Sequence[str], path: str, top: int = 100) -> None:
     """Figure 1's shape: the `top` importance weights sorted in decreasing order, log scale, as PNG."""
     w = np.asarray(weights, np.float64)
     order = np.argsort(-w, kind="stable")[:top]

@@ -114,7 +114,7 @@ def target_label_distribution(
 
 
 def importance_weights(
-    pt: np.ndarray, label_counts: np.ndarray, num_examples: int
+    pt: np.ndarray, label_counts: np.ndarray, num_examples: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(Ps, w, excluded): Ps = count / N, w = Pt / Ps; labels with no source example are excluded (w = 0).
 
@@ -203,13 +203,13 @@ def example_weights(
         raise ValueError(f"unknown example weight rule {rule!r}; known: {EXAMPLE_WEIGHT_RULES}")
     owner, lengths = _segments(offsets)
     entry = np.asarray(label_weights, np.float64)[labels]
-    result = np.zeros(len(lengths), np.float64)
+    result: np.ndarray = np.zeros(len(lengths), np.float64)
     has = lengths > 0
     if rule == "max":
         np.maximum.at(result, owner, entry)  # weights are >= 0, so 0 is a neutral start
     elif rule == "mean":
         result = np.bincount(owner, weights=entry, minlength=len(lengths))
-        result[has] /= lengths[has]
+        result[has] = result[has] / lengths[has]
     else:
         result[has] = entry[offsets[:-1][has]]
     return result

@@ -178,6 +178,7 @@ class Job:
         scan = self.scan(s)
         if self.label_plan is not None:
             return allocation.shard_summary(self.attributed(scan))
+        assert self.example_plan is not None  # a job has a label plan or an example plan
         return int(allocation.example_copies(scan.ids(), self.example_plan).sum())
 
     def output_paths(self, num_out: int) -> list[str]:
@@ -231,10 +232,12 @@ def select_shard(job: Job, alloc: Allocation, s: int) -> SelectedShard:
     scan = job.scan(s)
     attributed = job.attributed(scan)
     if job.label_plan is not None:
+        assert alloc.coo is not None  # computed for every label plan
         copies = allocation.shard_copies(
             alloc.coo, s, attributed, job.num_labels, seed=job.seed, with_replacement=alloc.with_replacement
         )
     else:
+        assert job.example_plan is not None  # a job has a label plan or an example plan
         copies = allocation.example_copies(scan.ids(), job.example_plan)
     if int(copies.sum()) != int(alloc.totals[s]):
         raise AssertionError(f"shard {s}: {copies.sum()} copies, allocation says {alloc.totals[s]}")
@@ -316,7 +319,7 @@ def make_job(
         raise ValueError(f"plan has {len(label_plan.count)} labels, the source {source.num_labels}")
     if label_weights is None:
         use_plan_w = label_plan is not None and label_plan.matcher != "given"
-        label_weights = label_plan.weight if use_plan_w else np.ones(source.num_labels)
+        label_weights = label_plan.weight if label_plan is not None and use_plan_w else np.ones(source.num_labels)
     label_weights = np.asarray(label_weights, np.float64)
 
     if label_remap is not None and len(label_remap.index) != source.num_labels:
@@ -394,7 +397,7 @@ def finish(job: Job, alloc: Allocation, stats: list[dict[str, np.ndarray]], sha2
         job.output_paths(len(alloc.sizes)),
         [int(n) for n in alloc.sizes],
         out_names,
-        label_copies.tolist(),
+        np.asarray(label_copies).tolist(),
         hierarchy=job.source.hierarchy,
         extra=extra,
         sha256s=sha256s,
@@ -419,7 +422,7 @@ def _phase_scan(job: Job, owned: list[int]) -> None:
         if epath.Path(job.summary_path(s)).exists():
             continue
         summary = job.summary(s)
-        if job.label_plan is not None:
+        if isinstance(summary, tuple):  # a label plan's (labels, counts)
             atomic.write_npz(job.summary_path(s), labels=summary[0], counts=summary[1])
         else:
             atomic.write_npz(job.summary_path(s), total=np.array(summary))
@@ -447,7 +450,8 @@ def _phase_spill(job: Job, alloc: Allocation, s: int) -> None:
 
 def _phase_assemble(job: Job, k: int, bounds: np.ndarray, num_sources: int, path: str) -> None:
     start, end = int(bounds[k]), int(bounds[k + 1])
-    positions, pieces = [], []
+    positions: list[np.ndarray] = []
+    pieces: list[bytes] = []
     for s in range(num_sources):
         blob_path, positions_path, offsets_path, _ = job.spill_paths(s)
         spilled = paths.np_load(positions_path, mmap_mode="r")  # binary search touches a few pages only

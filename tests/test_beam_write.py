@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import ml_collections
 import pytest
@@ -40,7 +41,7 @@ def direct(workers: int) -> ml_collections.ConfigDict:
 
 def test_beam_write_equals_inprocess_with_one_and_two_workers(source_dir, tmp_path):
     plan = make_label_plan(source_dir, "elastic", 150)
-    kwargs = {"records_per_shard": 30, "seed": 11}
+    kwargs: dict[str, Any] = {"records_per_shard": 30, "seed": 11}
     reference = write.write_selected(
         source_dir, plan, str(tmp_path / "inprocess"), process_index=0, process_count=1, **kwargs
     )
@@ -49,6 +50,7 @@ def test_beam_write_equals_inprocess_with_one_and_two_workers(source_dir, tmp_pa
     for workers in (1, 2):
         out = str(tmp_path / f"beam{workers}")
         shard_set = beam_write.write_selected(source_dir, plan, out, beam_config=direct(workers), **kwargs)
+        assert shard_set is not None
         assert shard_set.record_counts == reference.record_counts
         assert contents(out) == expected, f"{workers} worker(s)"
     manifest.load_manifest(str(tmp_path / "beam2"))  # sha256s computed while writing match the files
@@ -85,7 +87,7 @@ def test_killed_beam_write_reruns_to_the_same_output(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", _KILLED.format(root=ROOT, src=src, out=out)], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not any(n.startswith("selected-") and n.endswith(".tfrecord") for n in _listdir(out)):
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
@@ -95,6 +97,7 @@ def test_killed_beam_write_reruns_to_the_same_output(tmp_path):
     with pytest.raises(manifest.ManifestError):
         manifest.load_manifest(out)  # ... and the set is not taken as whole
     rerun = beam_write.write_selected(src, make_label_plan(src, "same", 600), out, records_per_shard=5, seed=2)
+    assert rerun is not None
     assert len(rerun.files) == 120
     manifest.load_manifest(out)  # every sha256 verifies
     reference = str(tmp_path / "reference")

@@ -2,13 +2,14 @@
 
 import functools
 import re
+from typing import cast
 
 import jax
 import jax.numpy as jnp
 import pytest
 
 from configs.models.inception_v3 import get_config
-from models.registry import build_model
+from models.registry import ModelOutputs, build_model
 
 
 def _config(**overrides):
@@ -91,10 +92,11 @@ def test_tiny_forward_train_and_eval():
     assert out["features"].shape == (2, feature_dim)
     old, new = variables["batch_stats"]["stem"], updates["batch_stats"]["stem"]
     assert not jnp.allclose(old["ConvBN_0"]["bn"]["mean"], new["ConvBN_0"]["bn"]["mean"])
-    evaluated = model.apply(variables, images, train=False)
+    evaluated = cast(ModelOutputs, model.apply(variables, images, train=False))
     assert set(evaluated) == {"logits", "features"}
     assert jnp.all(jnp.isfinite(evaluated["logits"]))
-    assert jnp.array_equal(evaluated["logits"], model.apply(variables, images, train=False)["logits"])
+    again = cast(ModelOutputs, model.apply(variables, images, train=False))
+    assert jnp.array_equal(evaluated["logits"], again["logits"])
 
 
 def test_bfloat16_changes_compute_dtype_not_parameters():

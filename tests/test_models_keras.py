@@ -1,6 +1,7 @@
 """Inception-v3 equals Keras 3's InceptionV3 (JAX backend, random init) after copying its weights."""
 
 import os
+from typing import cast
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import jax  # noqa: E402
 
 from models.inception_v3 import InceptionV3  # noqa: E402
 from models.keras_import import variables_from_keras  # noqa: E402
+from models.registry import ModelOutputs  # noqa: E402
 
 
 @pytest.mark.slow
@@ -33,7 +35,7 @@ def test_logits_match_keras_inception_v3():
     expected = np.asarray(keras_model(images, training=False))
 
     model = InceptionV3(num_classes=classes)
-    forward = jax.jit(lambda variables, x: model.apply(variables, x, train=False)["logits"])
+    forward = jax.jit(lambda variables, x: cast(ModelOutputs, model.apply(variables, x, train=False))["logits"])
     logits = np.asarray(forward(variables_from_keras(keras_model), images))
 
     relative = np.max(np.abs(logits - expected)) / np.max(np.abs(expected))

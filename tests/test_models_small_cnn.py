@@ -1,12 +1,14 @@
 """The small ConvNet of the end-to-end test: parameter count, outputs, blocks, switches."""
 
+from typing import cast
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs.models.small_cnn import get_config
-from models.registry import block_names, build_model
+from models.registry import ModelOutputs, block_names, build_model
 
 
 def _config(**overrides):
@@ -36,7 +38,7 @@ def test_outputs_and_batch_stat_updates():
     images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
     model = build_model(config)
     variables = _init(config, images)
-    outputs = model.apply(variables, images, train=False)
+    outputs = cast(ModelOutputs, model.apply(variables, images, train=False))
     assert outputs["logits"].shape == (4, 7) and outputs["features"].shape == (4, 32)  # 16 filters x 2
     assert outputs["logits"].dtype == jnp.float32
     _, updated = model.apply(variables, images, train=True, mutable=["batch_stats"])

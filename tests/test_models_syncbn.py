@@ -91,7 +91,8 @@ def test_conv_bn_axis_name_is_ignored_in_eval_mode():
     module = ConvBN(filters=4, kernel=(1, 1), bn_axis_name=AXIS)
     x = _global_batch(4)
     variables = module.init(jax.random.key(0), x[:2], train=False)
-    assert module.apply(variables, x, train=False).shape == (DEVICES * PER_DEVICE, 4, 4, 4)
+    out: jax.Array = module.apply(variables, x, train=False)  # type: ignore[assignment]  # Flax: Any | tuple
+    assert out.shape == (DEVICES * PER_DEVICE, 4, 4, 4)
 
 
 def test_registry_passes_bn_axis_name():

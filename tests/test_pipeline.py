@@ -2,6 +2,7 @@
 
 import io
 import os
+from typing import Any
 
 import numpy as np
 import pytest
@@ -223,7 +224,7 @@ def test_truncated_shard_and_checksum_refusal(tmp_path):
 
 def test_prefetch_to_device_keeps_consumer_state(tmp_path):
     d = write_set(tmp_path / "s", 8)
-    kwargs = dict(global_batch_size=2, image_size=8, seed=2, num_classes=NUM_CLASSES, augment=False)
+    kwargs: dict[str, Any] = dict(global_batch_size=2, image_size=8, seed=2, num_classes=NUM_CLASSES, augment=False)
     prefetched = pipeline.prefetch_to_device(pipeline.train_iterator(d, **kwargs), size=2)
     first = next(prefetched)
     assert hasattr(first["image"], "devices")

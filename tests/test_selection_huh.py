@@ -65,7 +65,7 @@ def test_subset_recipe():
     counts = np.arange(1, 11, dtype=np.float64) * 10
     planned, remap = huh_subsets.subset(LABELS, TREE, counts, per_class=25, coarsen="depth", coarsen_depth=1)
     np.testing.assert_array_equal(planned, np.minimum(counts, 25))
-    assert remap.names == ["dog", "cat", "car", "tool", "tree"]
+    assert remap is not None and remap.names == ["dog", "cat", "car", "tool", "tree"]
     planned, remap = huh_subsets.subset(
         LABELS,
         TREE,
@@ -117,6 +117,7 @@ def test_coarse_label_shard_set_and_pretraining_head(source_dir, tmp_path):
     source = manifest.load_manifest(source_dir)
     counts = np.asarray(source.label_counts, np.float64)
     planned, remap = huh_subsets.subset(LABELS, TREE, counts, coarsen="depth", coarsen_depth=1, per_class=6)
+    assert remap is not None
     out = str(tmp_path / "huh")
     shard_set = write.write_selected(
         source_dir,

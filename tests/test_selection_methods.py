@@ -9,6 +9,7 @@ import pytest
 from configs import demo
 from launch import config_cli, report, stages, validate
 from selection import methods
+from selection import plan as plan_lib
 from selection import weights as weights_lib
 from trainer import config as trainer_config
 
@@ -36,19 +37,24 @@ def _context(name: str, size: int = 30, **params) -> methods.PlanContext:
     return methods.PlanContext(NAMES, COUNTS, 100, {"x": ["A", "B"]}, w, size, p)
 
 
+def _label_plan(selection: methods.Selection) -> plan_lib.LabelPlan:
+    assert isinstance(selection.plan, plan_lib.LabelPlan)  # a label-level method
+    return selection.plan
+
+
 def test_label_methods_plan_from_the_weights_stage_w():
     w = weights_lib.ImportanceWeights.compute(NAMES, PT, COUNTS, 100).w
     for name in ("same", "elastic", "uniform", "reverse", "weighted_loss"):
-        plan = methods.get(name).plan(_context(name)).plan
+        plan = _label_plan(methods.get(name).plan(_context(name)))
         np.testing.assert_array_equal(plan.weight, w)  # never recomputed with another N
-    same = methods.get("same").plan(_context("same")).plan.planned
+    same = _label_plan(methods.get("same").plan(_context("same"))).planned
     np.testing.assert_allclose(same, [*(30 * PT[:3] / PT[:3].sum()), 0])  # proportional to Pt
-    top2 = methods.get("same").plan(_context("same", top_k=2)).plan
+    top2 = _label_plan(methods.get("same").plan(_context("same", top_k=2)))
     assert top2.planned[2] == 0 and top2.planned.sum() == pytest.approx(30)  # same restricted like uniform
-    whole = methods.get("weighted_loss").plan(_context("weighted_loss"))
-    np.testing.assert_array_equal(whole.plan.planned, COUNTS)  # every example once: no resampling
+    whole = _label_plan(methods.get("weighted_loss").plan(_context("weighted_loss")))
+    np.testing.assert_array_equal(whole.planned, COUNTS)  # every example once: no resampling
     subset = methods.get("hierarchy").plan(_context("hierarchy", ancestors=("x",)))
-    np.testing.assert_array_equal(subset.plan.planned, [10, 40, 0, 0])
+    np.testing.assert_array_equal(_label_plan(subset).planned, [10, 40, 0, 0])
     np.testing.assert_array_equal(subset.label_weights, [1, 1, 0, 0])
 
 

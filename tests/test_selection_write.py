@@ -48,14 +48,16 @@ def read_all(directory: str) -> list[records.Example]:
     return [records.decode_example(r) for f in shard_set.files for r in records.iter_records(f)]
 
 
-def make_label_plan(source_dir: str, matcher: str, size: float) -> plan_lib.LabelPlan:
+def make_label_plan(source_dir: str, matcher: str, size: int) -> plan_lib.LabelPlan:
     src = manifest.load_manifest(source_dir)
     pt = np.random.default_rng(5).dirichlet(np.ones(len(LABELS)))
     counts = np.asarray(src.label_counts)
     w = weights_lib.ImportanceWeights.compute(src.label_names, pt, counts, src.num_records)
     method = methods.get(matcher)
     context = methods.PlanContext(src.label_names, counts, src.num_records, src.hierarchy, w, size, method.defaults())
-    return method.plan(context).plan
+    plan = method.plan(context).plan
+    assert isinstance(plan, plan_lib.LabelPlan), matcher
+    return plan
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,14 @@
 """Evaluation counts every example once (dataset not a multiple of the batch), features, linear probe, split."""
 
+from typing import cast
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from data import manifest, pipeline, records
+from models.registry import ModelOutputs
 from tests.trainer_testlib import SmallCNN, write_shards
 from trainer import linear_probe, sweep
 from trainer.evaluate import accuracy_from_counts, evaluate_batches, features_of_batches
@@ -26,9 +29,9 @@ def test_eval_counts_every_example_once(shards):
     result = evaluate_batches(model, variables, _batches(shards), 4)
     assert result["num_examples"] == 37
     # brute force on the host, example by example
-    correct, per_class = 0, {k: [] for k in range(4)}
+    correct, per_class = 0, {k: list[bool]() for k in range(4)}
     for batch in _batches(shards):
-        logits = model.apply(variables, batch["image"])["logits"]
+        logits = cast(ModelOutputs, model.apply(variables, batch["image"]))["logits"]
         for i in np.flatnonzero(batch["mask"]):
             hit = int(np.argmax(logits[i])) == int(batch["label"][i])
             correct += hit

@@ -8,7 +8,8 @@ once across devices and processes.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -19,6 +20,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from data import manifest
+from models.registry import ModelOutputs
 from trainer import checkpoint
 from trainer.parallel import DATA_AXIS, data_mesh
 from trainer.train import prepare_model_config
@@ -43,7 +45,7 @@ def accuracy_from_counts(correct: np.ndarray, count: np.ndarray) -> dict[str, fl
     }
 
 
-def _place(variables: dict) -> tuple[dict, NamedSharding, NamedSharding]:
+def _place(variables: Mapping[str, Any]) -> tuple[Any, NamedSharding, NamedSharding]:
     """Variables replicated over the data mesh, plus the batch and replicated shardings."""
     mesh = data_mesh()
     replicated = NamedSharding(mesh, P())
@@ -57,7 +59,7 @@ def _counts_program(model: nn.Module, num_classes: int):
 
     @jax.jit
     def counts(variables, batch):
-        logits = model.apply(variables, batch["image"], train=False)["logits"]
+        logits = cast(ModelOutputs, model.apply(variables, batch["image"], train=False))["logits"]
         predicted = jnp.argmax(logits, axis=-1)
         hit = jnp.take_along_axis(batch["labels"], predicted[:, None], axis=-1)[:, 0] > 0
         valid = batch["mask"].astype(jnp.int32)
@@ -73,7 +75,7 @@ def _features_program(model: nn.Module, replicated: NamedSharding):
 
     @jax.jit
     def forward(variables, batch):
-        features = model.apply(variables, batch["image"], train=False)["features"]
+        features = cast(ModelOutputs, model.apply(variables, batch["image"], train=False))["features"]
         gathered = (features.astype(jnp.float32), batch["mask"], batch["label"])
         return jax.lax.with_sharding_constraint(gathered, replicated)
 
@@ -81,7 +83,7 @@ def _features_program(model: nn.Module, replicated: NamedSharding):
 
 
 def evaluate_batches(
-    model: nn.Module, variables: dict, batches: Iterable[dict[str, np.ndarray]], num_classes: int
+    model: nn.Module, variables: Mapping[str, Any], batches: Iterable[dict[str, np.ndarray]], num_classes: int
 ) -> dict[str, float]:
     """Accuracy of `variables` over `batches` (with `mask`); a class is an example's first label, a
     prediction is correct when it is any of the example's labels."""
@@ -97,7 +99,7 @@ def evaluate_batches(
 
 
 def features_of_batches(
-    model: nn.Module, variables: dict, batches: Iterable[dict[str, np.ndarray]]
+    model: nn.Module, variables: Mapping[str, Any], batches: Iterable[dict[str, np.ndarray]]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Penultimate features and first labels of every real (unmasked) example, in order."""
     variables, batch_sharding, replicated = _place(variables)

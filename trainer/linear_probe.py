@@ -65,13 +65,12 @@ def fit_logistic_regression(
     scale = train_x.std(axis=0) + 1e-6
     tx, vx = (train_x - mean) / scale, (val_x - mean) / scale
     model = LogisticRegression(solver="lbfgs", warm_start=True, max_iter=max_iter)
-    path, best = [], None
+    path = []
     for l2 in sorted(np.asarray(l2_path, dtype=np.float64), reverse=True):  # strong -> weak: warm starts
         _fit(model, float(l2), tx, train_y)
         scores = accuracies(model.predict(vx), val_y)
         path.append({"l2": float(l2), "val_top1": scores["top1"], "val_mean_per_class": scores["mean_per_class"]})
-        if best is None or scores["top1"] > best["val_top1"]:
-            best = path[-1]
+    best = max(path, key=lambda p: p["val_top1"])  # the first (strongest) of equals
     chosen = LogisticRegression(solver="lbfgs", warm_start=False, max_iter=max_iter)
     if refit:
         _fit(chosen, best["l2"], np.concatenate([tx, vx]), np.concatenate([train_y, val_y]))

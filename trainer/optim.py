@@ -18,7 +18,7 @@ import optax
 
 
 class Tf1RmsPropState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # optax's name for it (ScaleByRmsState); shadows tuple.count
     mean_square: Any
     momentum: Any
 

@@ -33,7 +33,7 @@ def fsdp_spec(shape: tuple[int, ...], num_shards: int, min_size: int = 2**14) ->
         return P()
     for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
         if shape[axis] % num_shards == 0:
-            spec = [None] * len(shape)
+            spec: list[str | None] = [None] * len(shape)
             spec[axis] = DATA_AXIS
             return P(*spec)
     return P()

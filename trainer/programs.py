@@ -74,7 +74,7 @@ def programs_for(config: ml_collections.ConfigDict, model: nn.Module, total_step
     return _build(model, step_config_key(config), int(total_steps), int(warmup_steps))
 
 
-def _compile_run_once(jitted: Callable, *example_args: Any) -> Callable:
+def _compile_run_once(jitted: Any, *example_args: Any) -> Callable:
     """Compiles a program that runs once per run (initialisation) without XLA's expensive CPU
     optimisations: Inception-v3's init (hundreds of RNG ops) then compiles 2-3x faster (width 0.25:
     8.8 s vs 19.6 s on 2 cores, BENCHMARKS.md), and its single execution does not notice. Other

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax
 import jax
@@ -25,6 +25,10 @@ class TrainState:
     ema_params: Any
     ema_batch_stats: Any
     rng: jax.Array
+
+    if TYPE_CHECKING:  # added by flax.struct.dataclass at run time, invisible to the type checker
+
+        def replace(self, **updates: Any) -> TrainState: ...
 
 
 def create_state(variables: dict, tx: optax.GradientTransformation, rng: jax.Array, use_ema: bool) -> TrainState:

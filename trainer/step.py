@@ -9,6 +9,7 @@ per-device key is fold_in(step_key, device index) under pmap, one global draw un
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import flax.linen as nn
 import jax
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from models.registry import ModelOutputs
 from trainer import losses
 from trainer.state import TrainState, ema_decay_at, update_ema
 
@@ -62,6 +64,7 @@ def make_train_step(
                     variables, batch["image"], train=True, rngs=rngs, mutable=["batch_stats"]
                 )
                 new_stats = updates.get("batch_stats", state.batch_stats)
+            outputs = cast(ModelOutputs, outputs)
             per_example = losses.per_example_loss(
                 outputs["logits"], batch["labels"], kind=kind, label_smoothing=smoothing
             )

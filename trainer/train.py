@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -28,6 +28,9 @@ from trainer import schedules, warm_start
 from trainer.checkpoint import Checkpointer
 from trainer.parallel import PMAP_AXIS
 
+if TYPE_CHECKING:  # imported lazily at run time (grain)
+    from data.pipeline import StatefulIterator
+
 FINAL_NAME = "final.json"
 _MAX_IN_FLIGHT = 3  # train steps the host may dispatch ahead of the device
 
@@ -37,7 +40,7 @@ class _Preemption:
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: Any = None  # the SIGTERM handler to restore
 
     def __enter__(self) -> _Preemption:
         try:
@@ -66,7 +69,7 @@ def fit(
     config: ml_collections.ConfigDict,
     *,
     model: nn.Module,
-    make_iterator: Callable[[], Iterator[dict[str, np.ndarray]]],
+    make_iterator: Callable[[], StatefulIterator],
     total_steps: int,
     warmup_steps: int,
     workdir: str,
