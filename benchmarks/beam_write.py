@@ -70,7 +70,8 @@ def main() -> None:
         num_examples=source.num_records,
     )
 
-    results, outputs = {}, {}
+    results: dict[str, tuple[int, int, float]] = {}
+    outputs = {}
     runs = [
         ("inprocess", None),
         ("beam, 1 worker in_memory", 1),
@@ -81,6 +82,7 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         kwargs = {"records_per_shard": args.records_per_shard, "seed": 0}
         start = time.perf_counter()
+        shard_set: manifest.ShardSet | None
         if workers is None:
             shard_set = write.write_selected(src, plan, out, process_index=0, process_count=1, **kwargs)
         else:
@@ -89,6 +91,7 @@ def main() -> None:
             config.direct_running_mode = "in_memory" if workers == 1 else "multi_processing"
             shard_set = beam_write.write_selected(src, plan, out, beam_config=config, **kwargs)
         wall = time.perf_counter() - start
+        assert shard_set is not None  # one process: it writes the manifest
         out_bytes = sum(os.path.getsize(f) for f in shard_set.files)
         results[name] = (shard_set.num_records, out_bytes, wall)
         outputs[name] = _digest(shard_set)

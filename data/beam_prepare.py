@@ -166,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     csv_p.add_argument("--csv", required=True)
     csv_p.add_argument("--label_separator", default=";")
     args = parser.parse_args(argv)
+    listing: prepare.Listing
     if args.kind == "tfds":
         listing = prepare.TfdsListing(args.name, args.split, args.data_dir, args.image_key, args.label_key)
     elif args.kind == "folder":

@@ -83,23 +83,23 @@ def record_launch(workdir: str, argv: list[str], config) -> str:
 def main(argv: list[str]) -> int:
     try:
         config_cli.parse_command_line(argv)
-        dry_run = _DRY_RUN.value
-        if not (dry_run and _WORKDIR.value and paths.is_url(_WORKDIR.value)):  # a bucket is checked where it runs
-            validate.check_workdir(_WORKDIR.value)
+        dry_run, workdir = _DRY_RUN.value, _WORKDIR.value or ""
+        if not (dry_run and workdir and paths.is_url(workdir)):  # a bucket is checked where it runs
+            validate.check_workdir(workdir)
         selected = stages.select_stages(_STAGES.value)
         config = _CONFIG.value
         validate.check_config(config, check_paths=not dry_run)
         validate.check_hardware(config)
         if not dry_run:
-            config_cli.check_workdir_config(config, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
+            config_cli.check_workdir_config(config, workdir, _ALLOW_CONFIG_CHANGE.value)
     except config_cli.ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if dry_run:
         from launch import dryrun
 
-        workdir = paths.resolve(_WORKDIR.value)
-        print(dryrun.format_plan(dryrun.plan(config, workdir, selected), config, workdir))
+        resolved = paths.resolve(workdir)
+        print(dryrun.format_plan(dryrun.plan(config, resolved, selected), config, resolved))
         return 0
     logging.set_verbosity(logging.WARNING)
     import jax
@@ -112,12 +112,12 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     # Every training and evaluation run of a job compiles the same few programs: cache them on disk.
-    cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(paths.resolve(_WORKDIR.value), ".jax_cache")
+    cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(paths.resolve(workdir), ".jax_cache")
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     if jax.process_index() == 0:
-        record_launch(_WORKDIR.value, argv, config)
-    stages.run_pipeline(config, _WORKDIR.value, selected)
+        record_launch(workdir, argv, config)
+    stages.run_pipeline(config, workdir, selected)
     return 0
 
 

@@ -54,6 +54,7 @@ def test_csv_source_equals_inprocess_with_one_and_two_workers(tmp_path):
     for workers in (1, 2):
         out = str(tmp_path / f"beam{workers}")
         shard_set = beam_prepare.convert(listing, out, num_shards=3, hierarchy=tree, beam_config=direct(workers))
+        assert shard_set is not None
         assert shard_bytes(shard_set) == shard_bytes(reference), f"{workers} worker(s)"
         assert without_bad_images(manifest.load_manifest(out)) == without_bad_images(reference)
         assert shard_set.extra["bad_images"] == {"count": 0, "file": "bad_images.jsonl"}
@@ -83,11 +84,13 @@ def test_tfds_source_and_resize(tfds_dir, tmp_path):
     listing = prepare.TfdsListing("tiny_pets_for_test", "train", tfds_dir, "image", "label")
     reference = prepare.convert(listing, str(tmp_path / "inprocess"), num_shards=2)
     beam = beam_prepare.convert(listing, str(tmp_path / "beam"), num_shards=2, beam_config=direct(1))
+    assert beam is not None
     assert shard_bytes(beam) == shard_bytes(reference) and beam.record_counts == [3, 4]
     write_folder_target(tmp_path / "big", train_per_class=2, test_per_class=0)  # 20x20 images
     small = beam_prepare.convert(
         prepare.folder_listing(str(tmp_path / "big" / "train")), str(tmp_path / "r"), max_side=8
     )
+    assert small is not None
     for f in small.files:
         for r in records.iter_records(f):
             with Image.open(io.BytesIO(records.decode_example(r).image)) as image:
@@ -112,7 +115,7 @@ def test_killed_prepare_resumes_to_the_same_bytes(tmp_path):
     )
     deadline = time.monotonic() + 120
     while not any(n.endswith(".tfrecord.json") for n in (os.listdir(out) if os.path.isdir(out) else [])):
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
@@ -122,6 +125,7 @@ def test_killed_prepare_resumes_to_the_same_bytes(tmp_path):
     with pytest.raises(manifest.ManifestError):
         manifest.load_manifest(out)
     resumed = beam_prepare.convert(prepare.csv_listing(csv_path), out, num_shards=64)
+    assert resumed is not None
     reference = prepare.convert(prepare.csv_listing(csv_path), str(tmp_path / "reference"), num_shards=64)
     assert shard_bytes(resumed) == shard_bytes(reference)
     assert sorted(os.listdir(out)) == sorted(["manifest.json", "bad_images.jsonl", *shard_bytes(reference)])

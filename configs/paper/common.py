@@ -19,6 +19,7 @@ throughput reference points; not measured on a TPU here).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import ml_collections
 
@@ -60,7 +61,7 @@ WNIDS = {
     "transport": "n03100490",
     "food": "n00021265",
 }
-SOURCES = {
+SOURCES: dict[str, dict[str, Any]] = {
     "jft": dict(
         side=dict(kind="csv", path=f"{DATA}/jft", train_split="labels.csv", hierarchy=f"{DATA}/jft/hierarchy.json"),
         num_classes=18291,
