@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,6 +149,8 @@ def forward_flops(model: Any, variables: Any, batch: int, image_size: int) -> fl
     lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)["logits"]).lower(variables, images)
     cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
+    if cost is None:
+        raise RuntimeError(f"{jax.default_backend()}: XLA gave no cost analysis")
     return float(cost["flops"])
 
 
@@ -293,7 +295,7 @@ def forward_rows(sizes: Sizes, dtype: str, peak: float) -> list[dict]:
     import jax
     import numpy as np
 
-    from models.registry import build_model
+    from models.registry import ModelOutputs, build_model
     from selection import weights
 
     model = build_model(_model_config("inception_v3", sizes.model, sizes, dtype))
@@ -303,7 +305,7 @@ def forward_rows(sizes: Sizes, dtype: str, peak: float) -> list[dict]:
     host_batches = [{"image": images, "mask": np.ones(sizes.forward_batch, bool)}] * sizes.forward_batches
 
     def apply_fn(v, x):
-        return model.apply(v, x, train=False)["logits"]
+        return cast(ModelOutputs, model.apply(v, x, train=False))["logits"]
 
     def pt_pass() -> None:
         weights.target_label_distribution(apply_fn, variables, host_batches, num_labels=sizes.num_classes)
@@ -317,9 +319,10 @@ def forward_rows(sizes: Sizes, dtype: str, peak: float) -> list[dict]:
             out = bare(variables, device_images)
         jax.block_until_ready(out)
 
-    pt_pass(), bare_pass()  # compile both
+    pt_pass()  # compile both
+    bare_pass()
     flops = forward_flops(model, variables, sizes.forward_batch, sizes.image_size) * sizes.forward_batches
-    times = {"pt": [], "bare": []}
+    times: dict[str, list[float]] = {"pt": [], "bare": []}
     for _ in range(3):  # alternate
         for name, fn in (("pt", pt_pass), ("bare", bare_pass)):
             start = time.perf_counter()

@@ -304,7 +304,9 @@ def remove_near_duplicates(
     shown = {int(i): None for i in [*removed_order, *kept_order]}
 
     epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
-    files, counts, removed_ids = [], [], []
+    files: list[str] = []
+    counts: list[int] = []
+    removed_ids: list[str] = []
     label_counts = np.zeros(source.num_labels, np.int64)
     position = 0
     for path in source.files:
