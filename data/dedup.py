@@ -301,7 +301,7 @@ def remove_near_duplicates(
     remove = sims >= threshold
     removed_order = np.flatnonzero(remove)[np.argsort(sims[remove], kind="stable")][:MAX_PAIRS_REMOVED]
     kept_order = np.flatnonzero(~remove)[np.argsort(-sims[~remove], kind="stable")][:MAX_PAIRS_KEPT]
-    shown = {int(i): None for i in [*removed_order, *kept_order]}
+    shown: dict[int, str | None] = {int(i): None for i in [*removed_order, *kept_order]}
 
     epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
     files: list[str] = []
@@ -389,11 +389,11 @@ def plot_pairs(report: DedupReport, source_dir: str, path: str) -> None:
     n = max(1, len(report.pairs))
     fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 3.0), squeeze=False)
     for k, pair in enumerate(report.pairs):
-        for row, key in enumerate([(source_dir, pair["source_id"]), (pair["target_dir"], pair["target_id"])]):
+        for row, where in enumerate([(source_dir, pair["source_id"]), (pair["target_dir"], pair["target_id"])]):
             ax = axes[row][k]
             ax.axis("off")
-            if key in images:
-                ax.imshow(Image.open(io.BytesIO(images[key])).convert("RGB"))
+            if where in images:
+                ax.imshow(Image.open(io.BytesIO(images[where])).convert("RGB"))
         verdict = "removed" if pair["removed"] else "kept"
         axes[0][k].set_title(f"{verdict}\n{pair['similarity']:.3f}", fontsize=7)
     axes[0][0].text(-0.3, 0.5, "source", transform=axes[0][0].transAxes, rotation=90, va="center", fontsize=7)

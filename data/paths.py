@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+from typing import Literal
 
 import numpy as np
 from etils import epath
@@ -62,7 +63,7 @@ def missing(path: str) -> bool:
     return not epath.Path(resolve(path)).exists()
 
 
-def np_load(path: str, mmap_mode: str | None = None):
+def np_load(path: str, mmap_mode: Literal["r+", "r", "w+", "c"] | None = None):
     """`np.load` through the path layer: memory-mapped on local disk when asked, read whole from a URL."""
     if not is_url(path):
         return np.load(path, mmap_mode=mmap_mode)
