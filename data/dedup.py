@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from data import manifest, paths, pipeline, records
+from data import manifest, paths, pipeline, records, shards
 
 DEFAULT_THRESHOLD = 0.95
 REPORT_LEVELS = (0.8, 0.85, 0.9, 0.95, 0.99)
@@ -304,14 +304,13 @@ def remove_near_duplicates(
     shown: dict[int, str | None] = {int(i): None for i in [*removed_order, *kept_order]}
 
     epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
-    files: list[str] = []
-    counts: list[int] = []
+    names = [os.path.basename(path) for path in source.files]  # output shard k filters source shard k
     removed_ids: list[str] = []
-    label_counts = np.zeros(source.num_labels, np.int64)
     position = 0
-    for path in source.files:
+    for path, name in zip(source.files, names, strict=True):
+        label_counts = np.zeros(source.num_labels, np.int64)
 
-        def kept(path=path):
+        def kept(path: str = path, label_counts: np.ndarray = label_counts) -> Iterator[bytes]:
             nonlocal position
             for data in records.iter_records(path):
                 drop = remove[position]
@@ -327,9 +326,9 @@ def remove_near_duplicates(
                     label_counts[label] += 1
                 yield data
 
-        out_path = os.path.join(out_dir, os.path.basename(path))
-        counts.append(records.write_tfrecord(out_path, kept()))
-        files.append(out_path)
+        out_path = os.path.join(out_dir, name)
+        shards.finish_shard(out_path, records.write_tfrecord(out_path, kept()), label_counts)
+    written = shards.read_done(out_dir, names)
     pairs = [
         {
             "source_id": shown[i],
@@ -344,18 +343,17 @@ def remove_near_duplicates(
         threshold=float(threshold),
         source_records=source.num_records,
         removed=int(remove.sum()),
-        kept=int(sum(counts)),
+        kept=sum(int(d["records"]) for d in written),
         target_dirs=[paths.resolve(t) for t in target_dirs],
         similarity_counts={f"{level:.2f}": int((sims >= level).sum()) for level in REPORT_LEVELS},
         removed_ids=removed_ids,
         pairs=pairs,
     )
-    manifest.write_manifest(
+    shards.write_manifest(
         out_dir,
-        files,
-        counts,
+        names,
+        written,
         source.label_names,
-        label_counts.tolist(),
         source.hierarchy,
         {**source.extra, "dedup": dataclasses.asdict(report)},
     )
