@@ -22,7 +22,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from launch.workdir import ENTIRE_SOURCE, RANDOM_INIT, Workspace, pretraining_choices
+from launch.workdir import ENTIRE_SOURCE, Workspace, pretraining_choices, selection_choices
 
 GIB = 2**30
 # Peak dense bf16 FLOP/s and memory per JAX device (vendor figures; a TPU v3 chip is two devices).
@@ -66,25 +66,45 @@ def _forward_flops(model_json: str) -> float:
     return float(card.model_card(ml_collections.ConfigDict(json.loads(model_json)))["flops"])
 
 
-def _model_at(config: ml_collections.ConfigDict, section: ml_collections.ConfigDict) -> str:
+def _model_at(
+    config: ml_collections.ConfigDict,
+    section: ml_collections.ConfigDict,
+    model_config: ml_collections.ConfigDict | None,
+) -> str:
     """The model config at the run's resolution, as a hashable string (FLOPs are cached per model)."""
-    model = config.model.to_dict()
+    model = (model_config or config.model).to_dict()
     model["image_size"] = int(section.image_size)
     model["dtype"] = "float32"  # FLOPs do not depend on it; float32 traces everywhere
     return json.dumps(model, sort_keys=True, default=list)
 
 
 def _runs(config: ml_collections.ConfigDict) -> dict[str, list[Run]]:
-    def run(name: str, section: ml_collections.ConfigDict) -> Run:
+    from launch import stages
+
+    def run(name: str, section: ml_collections.ConfigDict, model: ml_collections.ConfigDict | None = None) -> Run:
         steps = int(section.steps) or None
-        return Run(name, steps, int(section.global_batch_size), _forward_flops(_model_at(config, section)))
+        flops = _forward_flops(_model_at(config, section, model))
+        return Run(name, steps, int(section.global_batch_size), flops)
 
     choices = pretraining_choices(config)
-    pretrained = [c for c in choices if c != RANDOM_INIT]
+    finetunes = [run(f"finetune/{c}/seed_{s}", config.finetune) for c in choices for s in config.finetune.seeds]
+    if stages.balanced_steps(config):  # long-tail fine-tuning's second stage (finetune_balanced)
+        balanced = ml_collections.ConfigDict(config.finetune.to_dict())
+        balanced.steps = stages.balanced_steps(config)
+        finetunes += [run(f"finetune_balanced/{c}/seed_{s}", balanced) for c in choices for s in config.finetune.seeds]
+    helpers = [  # the example-level methods' own networks (selection.example_level)
+        run(f"select/{name}", config.selection[name].helper.train, config.selection[name].helper.model)
+        for name in dict.fromkeys(c.method for c in selection_choices(config))
+        if "helper" in config.selection[name]
+        and (name != "domain_classifier" or config.selection[name].classifier == "cnn")
+    ]
     return {
         "pretrain_source": [run(f"pretrain/{ENTIRE_SOURCE}", config.pretrain)],
-        "pretrain_selected": [run(f"pretrain/{c}", config.pretrain) for c in pretrained if c != ENTIRE_SOURCE],
-        "finetune": [run(f"finetune/{c}/seed_{s}", config.finetune) for c in choices for s in config.finetune.seeds],
+        "select": helpers,
+        "pretrain_selected": [
+            run(f"pretrain/{c.name}", stages.pretrain_run_config(config, c.method)) for c in selection_choices(config)
+        ],
+        "finetune": finetunes,
     }
 
 
@@ -99,7 +119,7 @@ def train_state_bytes_per_device(config: ml_collections.ConfigDict, section: str
     from trainer.state import create_state
 
     c = config[section]
-    model_config = ml_collections.ConfigDict(json.loads(_model_at(config, c)))
+    model_config = ml_collections.ConfigDict(json.loads(_model_at(config, c, None)))
     model = registry.build_model(model_config)
     tx = optim.build_optimizer(c, schedules.warmup_cosine(float(c.learning_rate), 1, 2))
     images = jax.ShapeDtypeStruct((1, c.image_size, c.image_size, 3), jnp.float32)

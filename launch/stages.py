@@ -298,7 +298,7 @@ def stage_finetune(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
                 init_from=None if choice == RANDOM_INIT else ws.pretrain(choice),
                 stage_name=f"finetune/{choice}/seed{seed}",
             )
-            if _balanced_steps(config):  # Cui et al.'s second stage on a class-balanced target subset
+            if balanced_steps(config):  # Cui et al.'s second stage on a class-balanced target subset
                 finetune_config, run_dir = _finetune_balanced(config, ws, finetune_config, model_config, choice, seed)
             metrics_path = ws.test_metrics(choice, seed)
             if not epath.Path(metrics_path).exists():
@@ -314,7 +314,7 @@ def stage_finetune(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     return {c: float(np.mean([r["top1"] for r in runs])) for c, runs in results.items()}
 
 
-def _balanced_steps(config: ml_collections.ConfigDict) -> int:
+def balanced_steps(config: ml_collections.ConfigDict) -> int:
     section = config.get("finetune_balanced")
     return int(section.steps) if section is not None else 0
 
