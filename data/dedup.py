@@ -150,26 +150,34 @@ def aligned_similarity(source: np.ndarray, targets: np.ndarray) -> tuple[np.ndar
     grey, chroma = _grey_chroma(source)
     t_grey, t_chroma = _grey_chroma(targets)
     h, w = grey.shape
+    ch, cw = h - 2 * m, w - 2 * m
     centre = np.array([(h - 1) / 2, (w - 1) / 2])
-    cores = _standardise(t_grey[:, m : h - m, m : w - m], (1, 2))  # [K, h', w']
+    cores = _standardise(t_grey[:, m : h - m, m : w - m], (1, 2))  # [K, ch, cw], zero mean, unit norm
 
     def warp(image: np.ndarray, scale: float) -> np.ndarray:
         return ndimage.affine_transform(image, [scale, scale], offset=centre - centre * scale, order=1, mode="nearest")
 
-    windows = np.stack(
-        [sliding_window_view(warp(grey, s), cores.shape[1:]) for s in ALIGN_SCALES]
-    )  # [S, 2m+1, 2m+1, h', w']
-    corr = np.tensordot(_standardise(windows, (3, 4)), cores, axes=([3, 4], [1, 2]))  # [S, 2m+1, 2m+1, K]
+    def window_sums(x: np.ndarray) -> np.ndarray:  # sum over every ch x cw window: [2m+1, 2m+1]
+        c = np.pad(x, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+        return c[ch:, cw:] - c[:-ch, cw:] - c[ch:, :-cw] + c[:-ch, :-cw]
+
+    corr = np.empty((len(ALIGN_SCALES), 2 * m + 1, 2 * m + 1, len(targets)), np.float32)
+    for i, scale in enumerate(ALIGN_SCALES):
+        moved = warp(grey, float(scale)).astype(np.float64)
+        sums, squares = window_sums(moved), window_sums(moved * moved)
+        norm = np.sqrt(np.maximum(squares - sums * sums / (ch * cw), 0.0)) + 1e-9
+        patches = sliding_window_view(moved, (ch, cw)).reshape((2 * m + 1) ** 2, ch * cw)
+        # each core has zero mean: sum(window * core) is the covariance
+        corr[i] = (patches @ cores.reshape(len(targets), -1).T).reshape(2 * m + 1, 2 * m + 1, -1) / norm[..., None]
     flat = corr.reshape(-1, len(targets))
     best = flat.argmax(axis=0)
     grey_corr = flat[best, np.arange(len(targets))]
     si, dy, dx = np.unravel_index(best, corr.shape[:3])
     chroma_corr = np.empty(len(targets), np.float32)
     for k in range(len(targets)):
-        moved = warp(chroma, float(ALIGN_SCALES[si[k]]))[dy[k] : dy[k] + h - 2 * m, dx[k] : dx[k] + w - 2 * m]
-        chroma_corr[k] = float(
-            (_standardise(moved, (0, 1)) * _standardise(t_chroma[k, m : h - m, m : w - m], (0, 1))).sum()
-        )
+        moved = warp(chroma, float(ALIGN_SCALES[si[k]]))[dy[k] : dy[k] + ch, dx[k] : dx[k] + cw]
+        target_core = _standardise(t_chroma[k, m : h - m, m : w - m], (0, 1))
+        chroma_corr[k] = float((_standardise(moved, (0, 1)) * target_core).sum())
     return (grey_corr + chroma_corr) / 2, grey_corr
 
 

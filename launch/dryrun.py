@@ -87,7 +87,12 @@ def _runs(config: ml_collections.ConfigDict) -> dict[str, list[Run]]:
         return Run(name, steps, int(section.global_batch_size), flops)
 
     choices = pretraining_choices(config)
-    finetunes = [run(f"finetune/{c}/seed_{s}", config.finetune) for c in choices for s in config.finetune.seeds]
+    finetunes = [
+        run(f"finetune/{c}/grid/lr{lr:g}_wd{wd:g}", config.finetune)  # fine-tuning grid (finetune_sweep)
+        for c in choices
+        for lr, wd in stages.finetune_grid(config, c)
+    ]
+    finetunes += [run(f"finetune/{c}/seed_{s}", config.finetune) for c in choices for s in config.finetune.seeds]
     if stages.balanced_steps(config):  # long-tail fine-tuning's second stage (finetune_balanced)
         balanced = ml_collections.ConfigDict(config.finetune.to_dict())
         balanced.steps = stages.balanced_steps(config)

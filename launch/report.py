@@ -39,6 +39,8 @@ CSV_COLUMNS = (
     "mean_per_class_mean",
     "mean_per_class_std",
     "seeds",
+    "finetune_learning_rate",
+    "finetune_weight_decay",
     "unique_examples",
     "images_seen",
     "scoring_images",
@@ -68,6 +70,9 @@ def summarise_runs(runs: list[dict]) -> dict:
         "mean_per_class_mean": float(per_class.mean()),
         "mean_per_class_std": float(per_class.std()),
         "seeds": len(runs),
+        # the fine-tuning point every seed of the row ran (chosen on validation with finetune_sweep)
+        "finetune_learning_rate": f"{runs[0]['learning_rate']:g}" if "learning_rate" in runs[0] else "",
+        "finetune_weight_decay": f"{runs[0]['weight_decay']:g}" if "weight_decay" in runs[0] else "",
     }
 
 
@@ -135,6 +140,17 @@ def _plot_results(rows: list[dict], path: str) -> None:
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
     atomic.write_bytes(path, buffer.getvalue())
+
+
+def _finetune_point(ws: workdir.Workspace, row: dict) -> str:
+    """'lr / wd', with how many grid points it was chosen from when a grid chose it."""
+    if not row.get("finetune_learning_rate"):
+        return ""
+    point = f"{row['finetune_learning_rate']} / {row['finetune_weight_decay']}"
+    grid_path = ws.finetune_grid_json(row["pretraining_data"])
+    if os.path.exists(grid_path):
+        point += f" (best of {len(atomic.read_json(grid_path)['points'])} on validation)"
+    return point
 
 
 def _plot_accuracy_vs_size(points: dict[str, list[dict]], baselines: list[dict], path: str) -> None:
@@ -272,19 +288,28 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
         "## Transfer results (Table 3's shape)",
         "",
         _markdown_table(
-            ["Pre-training data", "Top-1 (%)", "Mean per-class (%)", "Seeds"],
+            ["Pre-training data", "Top-1 (%)", "Mean per-class (%)", "Seeds", "Fine-tuning lr / wd"],
             [
                 [
                     row_title(r["pretraining_data"]),
                     f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}",
                     f"{r['mean_per_class_mean']:.2f} ± {r['mean_per_class_std']:.2f}",
                     str(r["seeds"]),
+                    _finetune_point(ws, r),
                 ]
                 for r in rows
             ],
         ),
         "",
-        "Mean ± standard deviation over fine-tuning seeds. ![results](results.png)",
+        "Mean ± standard deviation over fine-tuning seeds. "
+        + (
+            "Each row's fine-tuning learning rate / weight decay is the best on a validation split carved "
+            "from the target's training split (grid: `finetune_sweep`, random initialisation its own), "
+            "then re-trained on the whole training split for every seed. "
+            if config.get("finetune_sweep") is not None
+            else ""
+        )
+        + "![results](results.png)",
         "",
         "## Methods compared at one budget",
         "",

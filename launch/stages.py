@@ -286,9 +286,12 @@ def stage_finetune(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     results = {}
     for choice in pretraining_choices(config):
         runs = []
+        point = _finetune_point(config, ws, choice, model_config)
         for seed in config.finetune.seeds:
             finetune_config = ml_collections.ConfigDict(config.finetune.to_dict())
             finetune_config.seed = int(seed)
+            finetune_config.learning_rate = point["learning_rate"]
+            finetune_config.weight_decay = point["weight_decay"]
             run_dir = ws.finetune(choice, seed)
             train.train(
                 finetune_config,
@@ -305,13 +308,84 @@ def stage_finetune(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
                 metrics = evaluate.evaluate(
                     finetune_config, model_config=model_config, workdir=run_dir, data_dir=ws.target("test")
                 )
-                atomic.write_json(metrics_path, {**metrics, "seed": int(seed), "choice": choice})
+                atomic.write_json(metrics_path, {**metrics, "seed": int(seed), "choice": choice, **point})
             runs.append(atomic.read_json(metrics_path))
         results[choice] = runs
         if config.report.get("induction") and choice != RANDOM_INIT and not epath.Path(ws.induction(choice)).exists():
             _induction(config, ws, choice)
     atomic.write_json(ws.finetune_results, results)
     return {c: float(np.mean([r["top1"] for r in runs])) for c, runs in results.items()}
+
+
+def finetune_grid(config: ml_collections.ConfigDict, choice: str) -> list[tuple[float, float]]:
+    """The (learning rate, weight decay) points a choice's fine-tuning is chosen from; [] when the
+    config names none (then `finetune.learning_rate` / `weight_decay` are used as they are).
+    Random initialisation has its own grid (Kornblith et al.: it wants larger rates)."""
+    sweep = config.get("finetune_sweep")
+    if sweep is None:
+        return []
+    prefix = "random_init_" if choice == RANDOM_INIT else ""
+    return [(float(lr), float(wd)) for lr in sweep[prefix + "learning_rates"] for wd in sweep[prefix + "weight_decays"]]
+
+
+def _finetune_point(
+    config: ml_collections.ConfigDict, ws: Workspace, choice: str, model_config: ml_collections.ConfigDict
+) -> dict:
+    """The fine-tuning point of a choice: each grid point trained on the target's training split less a
+    validation split carved from it (seeded, per class; or the prepared validation split when the data
+    has one) and scored on that validation split; the best validation top-1 wins (ties: the first).
+    Written to finetune/<choice>/grid.json; each grid run resumes from its checkpoints."""
+    import jax
+
+    from trainer import evaluate, sweep, train
+
+    grid = finetune_grid(config, choice)
+    if not grid:
+        return {
+            "learning_rate": float(config.finetune.learning_rate),
+            "weight_decay": float(config.finetune.weight_decay),
+        }
+    if epath.Path(ws.finetune_grid_json(choice)).exists():
+        return atomic.read_json(ws.finetune_grid_json(choice))["chosen"]
+    if epath.Path(ws.target("validation"), manifest.MANIFEST_NAME).exists():
+        grid_train, validation = ws.target("train"), ws.target("validation")
+    else:
+        settings = config.finetune_sweep
+        grid_train, validation = sweep.split_train_val(
+            ws.target("train"), ws.finetune_split, float(settings.validation_fraction), int(settings.validation_seed)
+        )
+    if manifest.load_manifest(validation, verify=False).num_records == 0:
+        raise ValueError(
+            f"the fine-tuning grid's validation split {validation} is empty: raise finetune_sweep.validation_fraction"
+        )
+    points = []
+    for lr, wd in grid:
+        point_config = ml_collections.ConfigDict(config.finetune.to_dict())
+        point_config.seed = int(config.finetune.seeds[0])
+        point_config.learning_rate, point_config.weight_decay = lr, wd
+        run_dir = ws.finetune_grid_run(choice, lr, wd)
+        train.train(
+            point_config,
+            model_config=model_config,
+            train_dir=grid_train,
+            workdir=run_dir,
+            init_from=None if choice == RANDOM_INIT else ws.pretrain(choice),
+            stage_name=f"finetune_grid/{choice}/lr{lr:g}_wd{wd:g}",
+        )
+        scores = evaluate.evaluate(point_config, model_config=model_config, workdir=run_dir, data_dir=validation)
+        points.append(
+            {
+                "learning_rate": lr,
+                "weight_decay": wd,
+                "val_top1": scores["top1"],
+                "val_mean_per_class": scores["mean_per_class"],
+            }
+        )
+    best = max(points, key=lambda p: p["val_top1"])  # max keeps the first of equals
+    chosen = {"learning_rate": best["learning_rate"], "weight_decay": best["weight_decay"]}
+    if jax.process_index() == 0:
+        atomic.write_json(ws.finetune_grid_json(choice), {"points": points, "chosen": chosen, "validation": validation})
+    return chosen
 
 
 def balanced_steps(config: ml_collections.ConfigDict) -> int:

@@ -257,6 +257,39 @@ def _check_selection(config: ml_collections.ConfigDict) -> None:
             )
 
 
+def _check_finetune_sweep(config: ml_collections.ConfigDict) -> None:
+    """The optional fine-tuning grid (`finetune_sweep`): rates > 0, decays >= 0, a validation fraction."""
+    if _get(config, "finetune_sweep") is _MISSING:
+        return
+
+    def numbers(low: float, strict: bool) -> Rule:
+        ok = (lambda v: v > low) if strict else (lambda v: v >= low)
+        return (
+            lambda v: isinstance(v, (tuple, list)) and all(_is_number(x) and ok(x) for x in v),
+            f"a tuple of numbers {'>' if strict else '>='} {low:g} (empty: no grid)",
+        )
+
+    _check(
+        config,
+        {
+            "finetune_sweep.learning_rates": numbers(0, True),
+            "finetune_sweep.weight_decays": numbers(0, False),
+            "finetune_sweep.random_init_learning_rates": numbers(0, True),
+            "finetune_sweep.random_init_weight_decays": numbers(0, False),
+            "finetune_sweep.validation_fraction": fraction(open_low=True),
+            "finetune_sweep.validation_seed": int_at_least(0),
+        },
+    )
+    sweep = config.finetune_sweep
+    for prefix in ("", "random_init_"):
+        if bool(sweep[prefix + "learning_rates"]) != bool(sweep[prefix + "weight_decays"]):
+            raise _fail(
+                f"finetune_sweep.{prefix}weight_decays",
+                sweep[prefix + "weight_decays"],
+                f"non-empty when finetune_sweep.{prefix}learning_rates is (the grid is their product)",
+            )
+
+
 def _check_dedup(config: ml_collections.ConfigDict) -> None:
     from data import dedup
 
@@ -317,6 +350,7 @@ def check_config(config: ml_collections.ConfigDict, check_paths: bool = True) ->
     if _get(config, "data.preparer") == "beam":
         _check_beam(config, "data.beam")
     _check_dedup(config)
+    _check_finetune_sweep(config)
     _check(config, {"report.top_labels": int_at_least(1), "report.plot_top_labels": int_at_least(1)}, required=False)
     try:
         sides.check_data_config(config.data, check_paths)

@@ -22,6 +22,8 @@ Every stage writes only under its own folder, and a stage is complete when its m
   finetune/<choice>/seed_<s>/             fine-tuning runs and their test metrics (finetune)
   finetune/<choice>/seed_<s>/balanced/    its second stage on data/target/train_balanced (finetune_balanced)
   finetune/results.json                   test metrics of every fine-tuning run (finetune)
+  finetune/_grid_split/{train,val}/       the fine-tuning grid's carve of the target's training set (finetune)
+  finetune/<choice>/grid/lr<l>_wd<w>/     a grid point's run on it; grid.json: validation scores, the choice
   finetune/<choice>/induction.json        kNN induction accuracy of its pre-trained features (finetune)
   report.md, report.csv, *.png            the report (report): results.png, accuracy_vs_size.png
                                           (Figure 2, with selection.sizes), importance_weights.png,
@@ -151,6 +153,18 @@ class Workspace:
     def source_label_index(self) -> str:
         """Per-shard label index of the source, shared by every selection method."""
         return self.path("selected", "source_label_index")
+
+    @property
+    def finetune_split(self) -> str:
+        """The fine-tuning grid's split of the target's training set: `train/` and `val/` (trainer.sweep)."""
+        return self.path("finetune", "_grid_split")
+
+    def finetune_grid_run(self, choice: str, learning_rate: float, weight_decay: float) -> str:
+        return self.path("finetune", choice, "grid", f"lr{learning_rate:g}_wd{weight_decay:g}")
+
+    def finetune_grid_json(self, choice: str) -> str:
+        """Every grid point's validation scores and the chosen (learning rate, weight decay)."""
+        return self.path("finetune", choice, "grid.json")
 
     def finetune(self, choice: str, seed: int) -> str:
         return self.path("finetune", choice, f"seed_{seed}")

@@ -1,6 +1,7 @@
 """The whole demo flow at a tiny size: report contents, and kill + resume giving the same report."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,17 @@ import pytest
 from tests.conftest import FAST_COMPILE_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLUMNS = ["pretraining_data", "target", "top1_mean", "top1_std", "mean_per_class_mean", "mean_per_class_std", "seeds"]
+COLUMNS = [
+    "pretraining_data",
+    "target",
+    "top1_mean",
+    "top1_std",
+    "mean_per_class_mean",
+    "mean_per_class_std",
+    "seeds",
+    "finetune_learning_rate",
+    "finetune_weight_decay",
+]
 COST_COLUMNS = [
     "unique_examples",
     "images_seen",
@@ -57,6 +68,21 @@ def test_tiny_demo_end_to_end_and_resume_after_kill(tmp_path):
     assert all(r["seeds"] == "2" and 0.0 <= float(r["top1_mean"]) <= 100.0 for r in rows)
     report = open(straight / "report.md").read()
     assert "Table 3" in report and "Table 5" in report and "Sample rate (same)" in report
+    # Fine-tuning point per row: the best validation top-1 of the row's grid (random init: its own),
+    # then every seed's final run on the whole training split used it; the report names it.
+    for row in rows:
+        choice = row["pretraining_data"]
+        grid = json.load(open(straight / "finetune" / choice / "grid.json"))
+        assert len(grid["points"]) == 2
+        best = max(grid["points"], key=lambda p: p["val_top1"])
+        assert grid["chosen"] == {"learning_rate": best["learning_rate"], "weight_decay": best["weight_decay"]}
+        expected_rates = (3e-3, 1e-2) if choice == "random_init" else (1e-3, 3e-3)
+        assert tuple(p["learning_rate"] for p in grid["points"]) == expected_rates
+        for seed in (0, 1):
+            metrics = json.load(open(straight / "finetune" / choice / f"seed_{seed}" / "test_metrics.json"))
+            assert metrics["learning_rate"] == best["learning_rate"] and metrics["weight_decay"] == best["weight_decay"]
+        assert row["finetune_learning_rate"] == f"{best['learning_rate']:g}"
+    assert report.count("(best of 2 on validation)") == 4
     assert os.path.getsize(straight / "importance_weights.png") > 1000
     # the demo plants 20 near-duplicates of target images in the source; the dedup stage removes them
     assert "20 of 316 source images removed" in report and os.path.getsize(straight / "dedup_pairs.png") > 1000
