@@ -90,6 +90,7 @@ def main(argv: list[str]) -> int:
         config = _CONFIG.value
         validate.check_config(config, check_paths=not dry_run)
         validate.check_hardware(config)
+        validate.check_grid(config, check_paths=not dry_run)
         if not dry_run:
             config_cli.check_workdir_config(config, workdir, _ALLOW_CONFIG_CHANGE.value)
     except config_cli.ConfigError as err:
@@ -117,7 +118,12 @@ def main(argv: list[str]) -> int:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     if jax.process_index() == 0:
         record_launch(workdir, argv, config)
-    stages.run_pipeline(config, workdir, selected)
+    if config.get("grid") and config.grid.targets:
+        from launch import grid
+
+        grid.run_grid(config, workdir, selected)
+    else:
+        stages.run_pipeline(config, workdir, selected)
     return 0
 
 

@@ -496,15 +496,18 @@ def _barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def run_pipeline(config: ml_collections.ConfigDict, workdir: str, names: Sequence[str] = STAGE_NAMES) -> dict:
+def run_pipeline(
+    config: ml_collections.ConfigDict, workdir: str, names: Sequence[str] = STAGE_NAMES, shared: str = ""
+) -> dict:
     """Runs the named stages in order, skipping complete ones; returns each stage's summary.
 
     Every process of a multi-host job runs every stage (each does its share); process 0 writes the
     marker once all have finished, so a job killed mid-stage reruns that stage on every process.
+    `shared`: a grid's root, whose source (and entire-source model) this target's job uses.
     """
     import jax
 
-    ws = Workspace(paths.resolve(workdir), dedup=bool(config.dedup.enabled))
+    ws = Workspace(paths.resolve(workdir), dedup=bool(config.dedup.enabled), shared=shared)
     epath.Path(ws.root).mkdir(parents=True, exist_ok=True)
     config_cli.save_resolved(config, ws.root)
     summaries = {}

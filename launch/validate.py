@@ -358,6 +358,26 @@ def check_config(config: ml_collections.ConfigDict, check_paths: bool = True) ->
         raise ConfigError(str(err)) from None
 
 
+def check_grid(config: ml_collections.ConfigDict, check_paths: bool = True) -> None:
+    """`config.grid` (optional): distinct target names, each giving a valid job (launch.grid)."""
+    from launch import grid
+
+    if "grid" not in config or not config.grid.targets:
+        return
+    targets = tuple(config.grid.targets)
+    if len(set(targets)) != len(targets) or not all(isinstance(t, str) and t and "/" not in t for t in targets):
+        raise _fail("grid.targets", targets, "distinct target names (folder names, no '/')")
+    if config.data.kind != "embedded":
+        missing = [t for t in targets if t not in config.grid.sides]
+        if missing:
+            raise _fail("grid.targets", targets, f"names with a side config at grid.sides (missing: {missing})")
+    for name in targets:
+        try:
+            check_config(grid.target_config(config, name), check_paths)
+        except ConfigError as err:
+            raise ConfigError(f"grid target {name!r}: {err}") from None
+
+
 def check_hardware(config: ml_collections.ConfigDict) -> None:
     """`config.hardware` (optional): what a dry run plans for; its devices must split every batch."""
     from launch import dryrun

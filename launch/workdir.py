@@ -28,6 +28,8 @@ Every stage writes only under its own folder, and a stage is complete when its m
   report.md, report.csv, *.png            the report (report): results.png, accuracy_vs_size.png
                                           (Figure 2, with selection.sizes), importance_weights.png,
                                           dedup_pairs.png (written by dedup)
+  targets/<target>/, grid.md, grid.csv    a grid (launch.grid): one job per target, sharing data/source and
+                                          (without dedup) pretrain/entire_source of the grid's root
 
 `launch.stages` (which writes these) and `launch.report` (which reads them) both import this module
 and nothing else spells a work-dir path.
@@ -89,14 +91,20 @@ class Workspace:
 
     root: str
     dedup: bool = True  # config.dedup.enabled: later stages read the de-duplicated source
+    # A grid's root (launch.grid): one target's job keeps the target-independent source and, without
+    # dedup, the entire-source model there, shared by every target.
+    shared: str = ""
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
 
+    def _shared(self, *parts: str) -> str:
+        return os.path.join(self.shared or self.root, *parts)
+
     @property
     def prepared_source(self) -> str:
         """The source as prepare wrote it."""
-        return self.path("data", "source")
+        return self._shared("data", "source")
 
     @property
     def source(self) -> str:
@@ -121,7 +129,21 @@ class Workspace:
         return self.path("data", "target", "train_balanced")
 
     def pretrain(self, choice: str) -> str:
+        if choice == ENTIRE_SOURCE and not self.dedup:  # de-duplicated sources differ per target
+            return self._shared("pretrain", choice)
         return self.path("pretrain", choice)
+
+    def grid_target(self, name: str) -> str:
+        """A grid's per-target job (launch.grid)."""
+        return self.path("targets", name)
+
+    @property
+    def grid_md(self) -> str:
+        return self.path("grid.md")
+
+    @property
+    def grid_csv(self) -> str:
+        return self.path("grid.csv")
 
     @property
     def weights_json(self) -> str:
