@@ -173,7 +173,7 @@ class CellOp(_Unit):
 class Cell(_Unit):
     """A normal (stride 1) or reduction (stride 2) cell: two inputs, five pairwise combinations."""
 
-    spec: CellSpec = None  # type: ignore[assignment]
+    spec: CellSpec = None  # type: ignore[assignment]  # required; a default because inherited fields have them
     filters: int = 32
     stride: int = 1
 
@@ -233,7 +233,7 @@ class AuxHead(_Unit):
 class AmoebaNet(nn.Module):
     """AmoebaNet returning {"logits", "features", and "aux_logits" when aux_head and training}."""
 
-    genotype: Genotype = None  # type: ignore[assignment]
+    genotype: Genotype = None  # type: ignore[assignment]  # required; a default because later fields have them
     num_classes: int = 1000
     num_cells: int = 18
     filters: int = 512
