@@ -233,7 +233,7 @@ class AuxHead(_Unit):
 class AmoebaNet(nn.Module):
     """AmoebaNet returning {"logits", "features", and "aux_logits" when aux_head and training}."""
 
-    genotype: Genotype = None  # type: ignore[assignment]  # required; a default because later fields have them
+    genotype: Genotype = None  # type: ignore[assignment]  # always given (models/registry.py); None only as the field default
     num_classes: int = 1000
     num_cells: int = 18
     filters: int = 512
