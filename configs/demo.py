@@ -29,6 +29,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     tiny = size == "tiny"
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # Independent runs of a stage (selected-set pre-trainings, fine-tuning seeds) at once, one process
+    # per core (launch/concurrent.py): 0 = as many as this CPU host has cores; 1 = one after another.
+    # Tiny runs last a second: a worker's start and its own compiles cost more than they save
+    # (BENCHMARKS.md: stages 5-6 of the tiny flow took 90-95 s side by side against 58-93 s in turn).
+    c.concurrent_runs = 1 if tiny else 0
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "embedded"

@@ -90,13 +90,21 @@ def changed_keys(old: object, new: object, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
+# Keys that change how a job runs but not what it computes: a work dir may resume under other values.
+RESULT_NEUTRAL_KEYS = frozenset({"concurrent_runs"})
+
+
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, allow_change: bool) -> None:
     """Refuses to continue a work dir's job under a different config: its finished stages would be
     skipped as they are, so the report would silently mix the two configs."""
     path = os.path.join(workdir, "config.json")
     if allow_change or not epath.Path(path).exists():
         return
-    changed = changed_keys(json.loads(epath.Path(path).read_text()), as_json(config))
+    changed = [
+        k
+        for k in changed_keys(json.loads(epath.Path(path).read_text()), as_json(config))
+        if k not in RESULT_NEUTRAL_KEYS
+    ]
     if changed:
         shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
         raise ConfigError(

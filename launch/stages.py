@@ -272,45 +272,71 @@ def stage_select(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     return summary
 
 
+def _concurrently(config: ml_collections.ConfigDict, fn: Callable, calls: list[tuple]) -> list:
+    """fn(*args) for each of a stage's independent runs, side by side where cores allow (launch.concurrent)."""
+    from launch import concurrent
+
+    workers = concurrent.resolve_workers(int(config.get("concurrent_runs", 1)), len(calls))
+    return concurrent.run_all(fn, calls, workers, preload=("trainer.train", "trainer.evaluate", "data.pipeline"))
+
+
 def stage_pretrain_selected(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     """Pre-trains on every selection choice (each method, and each at the other `selection.sizes`)."""
-    return {c.name: _pretrain(config, ws, c.name, ws.selected(c.name), c.method) for c in selection_choices(config)}
+    choices = selection_choices(config)
+    calls = [(config, ws, c.name, ws.selected(c.name), c.method) for c in choices]
+    return {c.name: result for c, result in zip(choices, _concurrently(config, _pretrain, calls), strict=True)}
+
+
+def _finetune_run(
+    config: ml_collections.ConfigDict,
+    ws: Workspace,
+    choice: str,
+    seed: int,
+    model_config: ml_collections.ConfigDict,
+    point: dict,
+) -> dict:
+    """One fine-tuning run at its chosen point and its test metrics (written once; a rerun reads them)."""
+    from trainer import evaluate, train
+
+    finetune_config = ml_collections.ConfigDict(config.finetune.to_dict())
+    finetune_config.seed = seed
+    finetune_config.learning_rate = point["learning_rate"]
+    finetune_config.weight_decay = point["weight_decay"]
+    run_dir = ws.finetune(choice, seed)
+    train.train(
+        finetune_config,
+        model_config=model_config,
+        train_dir=ws.target("train"),
+        workdir=run_dir,
+        init_from=None if choice == RANDOM_INIT else ws.pretrain(choice),
+        stage_name=f"finetune/{choice}/seed{seed}",
+    )
+    if balanced_steps(config):  # Cui et al.'s second stage on a class-balanced target subset
+        finetune_config, run_dir = _finetune_balanced(config, ws, finetune_config, model_config, choice, seed)
+    metrics_path = ws.test_metrics(choice, seed)
+    if not epath.Path(metrics_path).exists():
+        metrics = evaluate.evaluate(
+            finetune_config, model_config=model_config, workdir=run_dir, data_dir=ws.target("test")
+        )
+        atomic.write_json(metrics_path, {**metrics, "seed": seed, "choice": choice, **point})
+    return atomic.read_json(metrics_path)
 
 
 def stage_finetune(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     """Fresh head on the target for every pre-training choice and seed; test metrics per run."""
-    from trainer import evaluate, train
-
     target = manifest.load_manifest(ws.target("train"), verify=False)
     model_config = _model_config(config, target.num_labels)
+    choices = pretraining_choices(config)
+    points = {choice: _finetune_point(config, ws, choice, model_config) for choice in choices}
+    calls = [
+        (config, ws, choice, int(seed), model_config, points[choice])
+        for choice in choices
+        for seed in config.finetune.seeds
+    ]
+    finished = iter(_concurrently(config, _finetune_run, calls))
     results = {}
-    for choice in pretraining_choices(config):
-        runs = []
-        point = _finetune_point(config, ws, choice, model_config)
-        for seed in config.finetune.seeds:
-            finetune_config = ml_collections.ConfigDict(config.finetune.to_dict())
-            finetune_config.seed = int(seed)
-            finetune_config.learning_rate = point["learning_rate"]
-            finetune_config.weight_decay = point["weight_decay"]
-            run_dir = ws.finetune(choice, seed)
-            train.train(
-                finetune_config,
-                model_config=model_config,
-                train_dir=ws.target("train"),
-                workdir=run_dir,
-                init_from=None if choice == RANDOM_INIT else ws.pretrain(choice),
-                stage_name=f"finetune/{choice}/seed{seed}",
-            )
-            if balanced_steps(config):  # Cui et al.'s second stage on a class-balanced target subset
-                finetune_config, run_dir = _finetune_balanced(config, ws, finetune_config, model_config, choice, seed)
-            metrics_path = ws.test_metrics(choice, seed)
-            if not epath.Path(metrics_path).exists():
-                metrics = evaluate.evaluate(
-                    finetune_config, model_config=model_config, workdir=run_dir, data_dir=ws.target("test")
-                )
-                atomic.write_json(metrics_path, {**metrics, "seed": int(seed), "choice": choice, **point})
-            runs.append(atomic.read_json(metrics_path))
-        results[choice] = runs
+    for choice in choices:
+        results[choice] = [next(finished) for _ in config.finetune.seeds]
         if config.report.get("induction") and choice != RANDOM_INIT and not epath.Path(ws.induction(choice)).exists():
             _induction(config, ws, choice)
     atomic.write_json(ws.finetune_results, results)

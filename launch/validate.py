@@ -352,6 +352,7 @@ def check_config(config: ml_collections.ConfigDict, check_paths: bool = True) ->
     _check_dedup(config)
     _check_finetune_sweep(config)
     _check(config, {"report.top_labels": int_at_least(1), "report.plot_top_labels": int_at_least(1)}, required=False)
+    _check(config, {"concurrent_runs": int_at_least(0)}, required=False)  # launch.concurrent
     try:
         sides.check_data_config(config.data, check_paths)
     except sides.DataConfigError as err:

@@ -7,6 +7,7 @@ import os
 import time
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -368,3 +369,47 @@ def test_input_wait_is_measured_logged_and_written_to_tensorboard(tmp_path, caps
     logged = _tensorboard_scalars(tmp_path / "slow" / "tb")
     assert logged["train/input_wait_fraction"][-1] == pytest.approx(slow["input_wait_fraction"], rel=1e-5)
     assert len(logged["train/input_wait_fraction"]) == len(logged["train/loss"]) == 2
+
+
+def test_bfloat16_step_computes_in_bf16_keeps_loss_and_batchnorm_statistics_in_float32():
+    """compute_dtype bfloat16: every convolution and matmul takes bf16 operands; the loss, the
+    BatchNorm statistics (batch and running) and every parameter and optimiser buffer stay float32."""
+    from configs.models import inception_v3
+    from models.registry import build_model
+
+    model_config = inception_v3.get_config()
+    model_config.width_multiplier, model_config.num_classes, model_config.dtype = 0.125, 5, "bfloat16"
+    model = build_model(model_config)
+    c = tiny_config(config_lib.pretrain_config(), image_size=75, compute_dtype="bfloat16", global_batch_size=2)
+    schedule = schedules.warmup_cosine(0.1, 1, 10)
+    tx = optim.build_optimizer(c, schedule)
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3)), train=False))
+    state = jax.eval_shape(lambda v: create_state(v, tx, jax.random.PRNGKey(1), True), variables)
+    batch = {
+        "image": jax.ShapeDtypeStruct((2, 75, 75, 3), jnp.float32),
+        "labels": jax.ShapeDtypeStruct((2, 5), jnp.float32),
+        "weight": jax.ShapeDtypeStruct((2,), jnp.float32),
+    }
+    step = make_train_step(model, c, tx, schedule)
+    new_state, step_metrics = jax.eval_shape(step, state, batch)
+    assert step_metrics["loss"].dtype == jnp.float32
+    leaves = jax.tree.leaves((new_state.params, new_state.opt_state, new_state.ema_params))
+    assert {x.dtype for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
+    assert {x.dtype for x in jax.tree.leaves((new_state.batch_stats, new_state.ema_batch_stats))} == {
+        jnp.dtype(jnp.float32)
+    }
+    jaxpr = jax.make_jaxpr(step)(state, batch)
+
+    def equations(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield eqn
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                yield from equations(sub)
+
+    eqns = list(equations(jaxpr.jaxpr))
+    convs = [e for e in eqns if e.primitive.name in ("conv_general_dilated", "dot_general")]
+    assert len(convs) > 100  # forward and backward of every conv and of the head
+    assert all(v.aval.dtype == jnp.bfloat16 for e in convs for v in e.invars)
+    # BatchNorm's batch statistics: the means over the batch of x and x^2 are float32 reductions.
+    means = [e for e in eqns if e.primitive.name == "reduce_sum" and e.invars[0].aval.ndim == 4]
+    assert means and all(e.outvars[0].aval.dtype == jnp.float32 for e in means)

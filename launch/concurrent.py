@@ -1,0 +1,96 @@
+"""Independent runs of a stage (selected-set pre-trainings, fine-tuning seeds) side by side on a
+single-host CPU job: one worker process per core, each pinned to its core.
+
+A CPU run leaves cores idle (Python dispatch, the input pipeline, checkpoint writes, the many small
+ops XLA runs on one thread), so runs pinned one per core finish sooner than the same runs one after
+another on all cores, once a run is long enough to pay for its worker's start (imports, its own
+compiles: the sequential loop shares one compile between runs with the same programs). Each run is
+a pure function of its config and work dir and writes only its own directory, so side by side or
+one after another they write the same files; only the order of the log lines changes. Processes,
+not threads: orbax's checkpointing is not safe with two runs saving at once in one process.
+
+Accelerator and multi-host jobs keep their runs sequential: there every run already uses every
+device, and a run is a collective over all processes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def resolve_workers(requested: int, num_runs: int) -> int:
+    """Runs at once for `num_runs` runs: `requested` > 0 caps it; 0 = one per usable core on a
+    single-host CPU job (1 elsewhere)."""
+    import jax
+
+    if requested < 0:
+        raise ValueError(f"concurrent_runs must be >= 0, got {requested}")
+    if requested == 0:
+        if jax.default_backend() != "cpu" or jax.process_count() > 1:
+            return 1
+        requested = len(os.sched_getaffinity(0))
+    return max(1, min(requested, num_runs))
+
+
+def _init_worker(cores: Any, cache_dir: str | None) -> None:
+    """Pins the worker to the next free core (before JAX starts its CPU backend, which sizes its
+    thread pool from the affinity) and shares the parent's persistent compilation cache."""
+    os.sched_setaffinity(0, {cores.get()})
+    import jax
+
+    if cache_dir:
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
+
+
+def run_all(fn: Callable[..., T], calls: Sequence[tuple], workers: int, preload: Sequence[str] = ()) -> list[T]:
+    """[fn(*args) for args in calls], `workers` at a time in pinned worker processes; results in the
+    order of `calls`. `fn` must be a module-level function and its arguments picklable.
+
+    Workers fork from a server process that has imported `fn`'s module and `preload` (JAX, Flax and
+    the trainer take seconds to import; a fork takes milliseconds) and has never started a JAX
+    backend, whose threads would not survive a fork. A failed run raises here once the runs already
+    started have finished. SIGTERM (preemption) is passed on to every worker: each run saves a
+    checkpoint at its next step and stops, as it does on its own."""
+    if workers <= 1 or len(calls) <= 1:
+        return [fn(*args) for args in calls]
+    import jax
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([fn.__module__, *preload])
+    cores = context.Queue()
+    usable = sorted(os.sched_getaffinity(0))
+    for i in range(workers):
+        cores.put(usable[i % len(usable)])
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(cores, jax.config.jax_compilation_cache_dir),
+    )
+
+    def forward(signum: int, frame: Any) -> None:
+        for process in list(pool._processes.values()):  # the executor has no public handle on its workers
+            os.kill(process.pid, signum)
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        with pool:
+            futures = [pool.submit(fn, *args) for args in calls]
+            concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+            for future in futures:
+                future.cancel()  # not started: after a failure the sequential loop would not start them
+            concurrent.futures.wait(futures)
+            return [future.result() for future in futures]
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
