@@ -136,7 +136,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # "scratch": every selected set is pre-trained from random weights (Ngiam et al.); "entire_source":
     # it continues the entire-source model for `steps` more steps (0: pretrain.steps), Chakraborty et
     # al.'s sequential pre-training / ImageNet+ (the new head is kept: the label set is the same).
-    c.pretrain_selected = ml_collections.ConfigDict({"init": "scratch", "steps": 0})
+    # `objective`: "supervised", or "contrastive" (the selected sets pre-trained MoCo-style, labels
+    # unused, as Chakraborty et al. pre-train their filtered subsets with MoCo-v2; trainer/step.py).
+    c.pretrain_selected = ml_collections.ConfigDict({"init": "scratch", "steps": 0, "objective": "supervised"})
 
     # Cui et al.'s long-tail fine-tuning: after fine-tuning, `steps` more at `learning_rate` on a
     # class-balanced subset of the target (`per_class` images per class, 0: the smallest class's

@@ -78,6 +78,7 @@ class _Preprocess:
     skip_corrupt: bool
     flip: bool = True
     min_crop_area: float = augment_lib.DEFAULT_AREA_RANGE[0]
+    second_view: bool = False  # contrastive pre-training: a second, independent augmentation ("image2")
 
     def __call__(self, item: tuple[int, bytes] | Skipped, rng: np.random.Generator | None = None):
         if isinstance(item, Skipped):  # a bad CRC from _SafeSource, on its way to the filter
@@ -93,6 +94,10 @@ class _Preprocess:
                 image = augment_lib.train_image(
                     example.image, self.image_size, rng, flip=self.flip, area_range=(self.min_crop_area, 1.0)
                 )
+                if self.second_view:
+                    view2 = augment_lib.train_image(
+                        example.image, self.image_size, rng, flip=self.flip, area_range=(self.min_crop_area, 1.0)
+                    )
             else:
                 image = augment_lib.eval_image(example.image, self.image_size)
         except (OSError, ValueError, SyntaxError) as err:  # what PIL raises on bad image data
@@ -103,8 +108,10 @@ class _Preprocess:
                 path, local = self.source.locate(index)
                 raise ValueError(f"{path}: record {local}: label {label} not in [0, {self.num_classes})")
             labels[label] = 1.0
+        views = {"image2": view2} if self.train and self.second_view else {}
         return {
             "image": image,
+            **views,
             "label": np.int32(example.labels[0] if example.labels else -1),
             "labels": labels,
             "weight": np.float32(1.0 if example.weight is None else example.weight),
@@ -141,7 +148,7 @@ def _keep(element: Any) -> bool:
 
 
 def _to_float(batch: Batch) -> Batch:
-    return {**batch, "image": augment_lib.to_float(batch["image"])}
+    return {**batch, **{k: augment_lib.to_float(batch[k]) for k in ("image", "image2") if k in batch}}
 
 
 def _process_split(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -195,8 +202,10 @@ def train_iterator(
     verify: bool = True,
     process_index: int | None = None,
     process_count: int | None = None,
+    second_view: bool = False,
 ) -> grain.DatasetIterator:
     """Per-process training batches {image, label, labels, weight}; `get_state`/`set_state` resume exactly.
+    `second_view` (with `augment`) adds "image2", a second augmentation of each image (contrastive).
 
     Deterministic for (seed, worker_count), and the same global batches for any process count. `verify`
     checks the manifest's
@@ -210,7 +219,7 @@ def train_iterator(
     ds = grain.MapDataset.source(_SafeSource(source) if skip_corrupt else source)
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
     if augment:  # seeded per element of the global stream: the same crop whichever process reads it
-        prep = _Preprocess(source, image_size, num_classes, True, skip_corrupt, flip, min_crop_area)
+        prep = _Preprocess(source, image_size, num_classes, True, skip_corrupt, flip, min_crop_area, second_view)
         ds = ds.random_map(prep, seed=(seed * 7919 + 1) % 2**32)
     else:
         ds = ds.map(_Preprocess(source, image_size, num_classes, False, skip_corrupt))

@@ -122,6 +122,13 @@ def pretrain_run_config(config: ml_collections.ConfigDict, method: str | None) -
     """
     run_config = ml_collections.ConfigDict(config.pretrain.to_dict())
     run_config.use_example_weights = method is not None and methods_lib.get(method).weighted_loss
+    section = config.get("pretrain_selected")
+    if method is not None and section is not None and section.get("objective", "supervised") == "contrastive":
+        # Chakraborty et al. pre-train the filtered subset with MoCo-v2: two augmented views, a
+        # momentum key encoder (the weight EMA), the labels unused
+        run_config.objective = "contrastive"
+        run_config.augment = True
+        run_config.ema_decay = float(run_config.ema_decay) or 0.99
     if method is not None and _continues_source(config) and config.pretrain_selected.steps:
         run_config.steps = int(config.pretrain_selected.steps)
         run_config.warmup_steps = min(int(run_config.warmup_steps), run_config.steps // 10)

@@ -340,6 +340,7 @@ def check_config(config: ml_collections.ConfigDict, check_paths: bool = True) ->
         {
             "pretrain_selected.init": one_of(("scratch", "entire_source")),
             "pretrain_selected.steps": int_at_least(0),
+            "pretrain_selected.objective": one_of(("supervised", "contrastive")),
             "finetune_balanced.steps": int_at_least(0),
             "finetune_balanced.learning_rate": number_above(0),
             "finetune_balanced.per_class": int_at_least(0),

@@ -71,14 +71,16 @@ def test_a_helper_networks_trainer_config_is_validated():
 def test_tiny_flow_writes_a_shard_set_for_all_eleven_methods(tmp_path):
     config = demo.get_config("tiny")
     config.selection.methods = ALL
-    summaries = stages.run_pipeline(config, str(tmp_path), ["prepare", "pretrain_source", "weights", "select"])
+    summaries = stages.run_pipeline(config, str(tmp_path), ["prepare", "dedup", "pretrain_source", "weights", "select"])
     ws = Workspace(str(tmp_path))
     select = summaries["select"]
     for name in ALL:
         shard_set = manifest.load_manifest(ws.selected(name))
         assert shard_set.num_records > 0, name
-        if methods.get(name).sized and name != "same":  # same draws with replacement: 60 draws
+        if name in ("elastic", "emd", "domain_classifier", "kmeans", "random"):  # without replacement
             assert shard_set.extra["unique_examples"] == config.selection.size, name
+        elif methods.get(name).sized:  # same, uniform, reverse draw with replacement: 60 draws
+            assert shard_set.num_records == config.selection.size, name
     for name in ("domain_classifier", "kmeans"):
         assert select[name]["scoring_images"] >= 296  # the whole source forwarded once
         assert os.path.exists(os.path.join(ws.selection_scratch(name), "scores"))
@@ -100,7 +102,7 @@ def test_sequential_pretraining_continues_the_entire_source_model(tmp_path, caps
     config.pretrain_selected.init = "entire_source"
     config.pretrain_selected.steps = 2
     summaries = stages.run_pipeline(
-        config, str(tmp_path), ["prepare", "pretrain_source", "weights", "select", "pretrain_selected"]
+        config, str(tmp_path), ["prepare", "dedup", "pretrain_source", "weights", "select", "pretrain_selected"]
     )
     ws = Workspace(str(tmp_path))
     out = capsys.readouterr().out
@@ -124,7 +126,9 @@ def test_long_tail_fine_tuning_second_stage_on_a_balanced_target_subset(tmp_path
     config.finetune_balanced.steps = 2
     config.finetune_balanced.per_class = 1
     stages.run_pipeline(
-        config, str(tmp_path), ["prepare", "pretrain_source", "weights", "select", "pretrain_selected", "finetune"]
+        config,
+        str(tmp_path),
+        ["prepare", "dedup", "pretrain_source", "weights", "select", "pretrain_selected", "finetune"],
     )
     ws = Workspace(str(tmp_path))
     balanced = manifest.load_manifest(ws.balanced_target)
@@ -133,3 +137,48 @@ def test_long_tail_fine_tuning_second_stage_on_a_balanced_target_subset(tmp_path
     assert f"[finetune_balanced/random/seed0] initialised from {ws.finetune('random', 0)}" in out
     for choice in ("entire_source", "random", "random_init"):
         assert os.path.exists(os.path.join(ws.finetune_balanced(choice, 0), "final.json"))
+
+
+def test_info_nce_known_answer():
+    import jax.numpy as jnp
+    import numpy as np
+
+    from trainer import losses
+
+    q = jnp.eye(4) * 3.0  # normalised away
+    loss, hit = losses.info_nce(q, jnp.eye(4), temperature=0.5)
+    # own key at similarity 1, the 3 others at 0: -log(e^2 / (e^2 + 3))
+    np.testing.assert_allclose(loss, np.log1p(3 * np.exp(-2.0)), rtol=1e-5)
+    assert bool(hit.all())
+    _, hit = losses.info_nce(q, jnp.eye(4)[::-1], temperature=0.1)
+    assert not bool(hit.any())
+
+
+@pytest.mark.slow
+def test_contrastive_pretraining_of_a_selected_set(tmp_path):
+    from trainer import checkpoint
+
+    config = demo.get_config("tiny")
+    config.selection.methods = ("random",)
+    config.finetune.seeds = (0,)
+    config.pretrain_selected.objective = "contrastive"
+    validate.check_config(config)
+    summaries = stages.run_pipeline(
+        config,
+        str(tmp_path),
+        ["prepare", "dedup", "pretrain_source", "weights", "select", "pretrain_selected", "finetune"],
+    )
+    ws = Workspace(str(tmp_path))
+    run = summaries["pretrain_selected"]["random"]
+    assert run["steps"] == config.pretrain.steps and 0 < run["loss"] < 10
+    head = checkpoint.load_variables(ws.pretrain("random"), use_ema=False)["params"]["head"]["kernel"]
+    assert head.shape[-1] == 128  # a projection, not the source labels
+    assert checkpoint.load_variables(ws.pretrain("entire_source"), use_ema=False)["params"]["head"]["kernel"].shape[
+        -1
+    ] == len(manifest.load_manifest(ws.source).label_names)  # the entire source stays supervised
+    assert 0.0 <= summaries["finetune"]["random"] <= 1.0  # fine-tuned from it with a fresh head
+    assert os.path.exists(ws.induction("random"))  # kNN induction reads the projection-headed model
+    bad = demo.get_config("tiny")
+    bad.pretrain_selected.objective = "simclr"
+    with pytest.raises(config_cli.ConfigError, match="'pretrain_selected.objective'"):
+        validate.check_config(bad)

@@ -36,6 +36,13 @@ def _common() -> ml_collections.ConfigDict:
     # Multiply each example's loss by its `weight` (`image/weight`). Off: the pipeline turns it on only
     # for a weighted-view selection method (`weighted_loss`); resampled shards train unweighted.
     c.use_example_weights = False
+    # "supervised" (the labels) | "contrastive" (MoCo-style, Chakraborty et al.'s MoCo-v2 pre-training
+    # of a filtered subset: the head is a `projection_dim` projection, the key encoder is the weight
+    # EMA (ema_decay = the momentum), InfoNCE over two augmentations with the batch's other keys as
+    # negatives (no queue); labels unused)
+    c.objective = "supervised"
+    c.contrastive_temperature = 0.2
+    c.projection_dim = 128
     c.ema_decay = 0.0  # 0 disables the weight EMA
     c.eval_with_ema = False
     c.image_size = 299

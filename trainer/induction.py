@@ -60,11 +60,12 @@ def induction_accuracy(
     from trainer import checkpoint, evaluate, train
 
     pretrained = manifest.load_manifest(pretrain_data_dir, verify=False)
+    variables = checkpoint.load_variables(pretrain_dir, use_ema=bool(config.init_from_ema))
+    head = int(variables["params"]["head"]["kernel"].shape[-1])  # its labels, or a contrastive projection
     model_config = train.prepare_model_config(
-        config, model_config, num_classes=pretrained.num_labels, num_records=pretrained.num_records
+        config, model_config, num_classes=head, num_records=pretrained.num_records
     )
     model = build_model(model_config)
-    variables = checkpoint.load_variables(pretrain_dir, use_ema=bool(config.init_from_ema))
     features = {}
     for split, directory in (("train", train_dir), ("test", test_dir)):
         shards = manifest.load_manifest(directory, verify=False)

@@ -44,6 +44,19 @@ def weighted_mean(values: jax.Array, weights: jax.Array | None) -> jax.Array:
     return jnp.mean(values * weights.astype(jnp.float32))
 
 
+def info_nce(queries: jax.Array, keys: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
+    """MoCo's contrastive loss with the batch's other keys as negatives: per-example cross-entropy of
+    softmax(q_i . k_j / T) over j against j = i (q, k L2-normalised), and whether i was the arg-max."""
+    q = queries.astype(jnp.float32)
+    k = keys.astype(jnp.float32)
+    q = q / jnp.maximum(jnp.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
+    k = k / jnp.maximum(jnp.linalg.norm(k, axis=-1, keepdims=True), 1e-12)
+    logits = q @ k.T / temperature
+    own = jnp.arange(q.shape[0])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, own)
+    return loss, jnp.argmax(logits, axis=-1) == own
+
+
 def top1_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """1.0 where the arg-max class is one of the example's labels (multi-hot), else 0.0."""
     predicted = jnp.argmax(logits, axis=-1)

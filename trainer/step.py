@@ -43,6 +43,8 @@ def make_train_step(
     ema_decay = float(config.ema_decay)
     frozen = bool(config.freeze_backbone)
     use_weights = bool(config.use_example_weights)
+    contrastive = config.get("objective", "supervised") == "contrastive"
+    temperature = float(config.get("contrastive_temperature", 0.2))
 
     def mean_over_devices(tree):
         return jax.lax.pmean(tree, axis_name) if axis_name else tree
@@ -65,6 +67,11 @@ def make_train_step(
                 )
                 new_stats = updates.get("batch_stats", state.batch_stats)
             outputs = cast(ModelOutputs, outputs)
+            if contrastive:  # keys: the momentum encoder (the weight EMA) on the second view
+                key_variables = {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
+                keys = jax.lax.stop_gradient(model.apply(key_variables, batch["image2"], train=False)["logits"])
+                per_pair, hit = losses.info_nce(outputs["logits"], keys, temperature)
+                return losses.weighted_mean(per_pair, weights), (hit.astype(jnp.float32), new_stats)
             per_example = losses.per_example_loss(
                 outputs["logits"], batch["labels"], kind=kind, label_smoothing=smoothing
             )
@@ -74,9 +81,9 @@ def make_train_step(
                     outputs["aux_logits"], batch["labels"], kind=kind, label_smoothing=smoothing
                 )
                 loss = loss + aux_weight * losses.weighted_mean(aux, weights)
-            return loss, (outputs["logits"], new_stats)
+            return loss, (losses.top1_correct(outputs["logits"], batch["labels"]).astype(jnp.float32), new_stats)
 
-        (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (correct, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grads = mean_over_devices(grads)
         new_stats = mean_over_devices(new_stats)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -90,7 +97,7 @@ def make_train_step(
             )
         metrics = {
             "loss": loss,
-            "accuracy": jnp.mean(losses.top1_correct(logits, batch["labels"]).astype(jnp.float32)),
+            "accuracy": jnp.mean(correct),  # contrastive: the own key ranked first
             "grad_norm": optax.tree.norm(grads),
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
         }

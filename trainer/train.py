@@ -228,8 +228,17 @@ def train(
         return atomic.read_json(final_path)
     shards = manifest.load_manifest(train_dir, verify=False)
     total, warmup = schedules.resolve_steps(config, shards.num_records)
+    contrastive = config.get("objective", "supervised") == "contrastive"
+    if contrastive and not (float(config.ema_decay) and config.augment):
+        raise ValueError(
+            "objective 'contrastive' needs ema_decay > 0 (the weight EMA is the momentum key encoder) and "
+            "augment (two views of each image)"
+        )
     model_config = prepare_model_config(
-        config, model_config, num_classes=shards.num_labels, num_records=shards.num_records
+        config,
+        model_config,
+        num_classes=int(config.projection_dim) if contrastive else shards.num_labels,  # the head projects
+        num_records=shards.num_records,
     )
     model = build_model(model_config)
 
@@ -244,6 +253,7 @@ def train(
             flip=bool(config.flip),
             min_crop_area=float(config.min_crop_area),
             worker_count=int(config.worker_count),
+            second_view=contrastive,
         )
 
     return fit(
