@@ -69,7 +69,8 @@ def make_train_step(
             outputs = cast(ModelOutputs, outputs)
             if contrastive:  # keys: the momentum encoder (the weight EMA) on the second view
                 key_variables = {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
-                keys = jax.lax.stop_gradient(model.apply(key_variables, batch["image2"], train=False)["logits"])
+                key_outputs = cast(ModelOutputs, model.apply(key_variables, batch["image2"], train=False))
+                keys = jax.lax.stop_gradient(key_outputs["logits"])
                 per_pair, hit = losses.info_nce(outputs["logits"], keys, temperature)
                 return losses.weighted_mean(per_pair, weights), (hit.astype(jnp.float32), new_stats)
             per_example = losses.per_example_loss(
