@@ -103,7 +103,7 @@ def _runs(config: ml_collections.ConfigDict) -> dict[str, list[Run]]:
         if "helper" in config.selection[name]
         and (name != "domain_classifier" or config.selection[name].classifier == "cnn")
     ]
-    return {
+    runs = {
         "pretrain_source": [run(f"pretrain/{ENTIRE_SOURCE}", config.pretrain)],
         "select": helpers,
         "pretrain_selected": [
@@ -111,6 +111,12 @@ def _runs(config: ml_collections.ConfigDict) -> dict[str, list[Run]]:
         ],
         "finetune": finetunes,
     }
+    targets = tuple(config.grid.targets) if config.get("grid") else ()
+    if targets:  # a grid (launch.grid): the entire-source model once (without dedup), the rest per target
+        per_target = [s for s in runs if s != "pretrain_source" or config.dedup.enabled]
+        for stage in per_target:
+            runs[stage] = [dataclasses.replace(r, name=f"targets/{t}/{r.name}") for t in targets for r in runs[stage]]
+    return runs
 
 
 def train_state_bytes_per_device(config: ml_collections.ConfigDict, section: str, devices: int) -> tuple[int, int]:

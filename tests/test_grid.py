@@ -74,3 +74,19 @@ def test_table_from_the_finished_cells_only(tmp_path):
     assert grid._mean_logit([50.0, 50.0]) == pytest.approx(50.0) and grid._mean_logit([90.0, 10.0]) == pytest.approx(
         50.0
     )
+
+
+def test_grid_dry_run_counts_the_shared_source_model_once():
+    from configs import grid as grid_config
+    from launch import dryrun
+
+    p = dryrun.plan(
+        grid_config.get_config("tiny"), "/nonexistent/grid", ("pretrain_source", "pretrain_selected", "finetune")
+    )
+    names = [r["run"] for r in p["runs"]]
+    assert names.count("pretrain/entire_source") == 1
+    assert (
+        "targets/greek_lower/pretrain/same" in names and "targets/cyrillic_lower/finetune/random_init/seed_1" in names
+    )
+    assert len([n for n in names if "/pretrain/" in n]) == 2 * 2  # same and elastic per target
+    assert len([n for n in names if "/seed_" in n]) == 2 * 4 * 2  # 4 rows x 2 seeds per target
