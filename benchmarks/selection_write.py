@@ -6,7 +6,8 @@ same-distribution plan at `--fraction` of the corpus with 1 and with `--processe
 (each given its part, sharing the output dir), and a dd-like sequential write (fsync) and read of a
 file of the corpus's size in the same run. That raw bandwidth is the peer: each write_selected line
 ends with its ratios to it (source MB/s over raw read MB/s, output MB/s over raw write+fsync MB/s,
-and source MB/s over raw write+fsync MB/s, since the raw read is usually served from the page cache).
+and source MB/s over raw write+fsync MB/s, since the raw read is usually served from the page cache),
+then the same per CPU-second of the write processes (wall time on a shared host measures its load).
 
   .venv/bin/python benchmarks/selection_write.py --examples=2000000 --dir=/tmp/selbench
 """
@@ -84,7 +85,8 @@ plan = pickle.load(open({plan!r}, "rb"))
 start = time.perf_counter()
 write.write_selected({src!r}, plan, {out!r}, records_per_shard={rps}, seed=0,
                      process_index=int(sys.argv[1]), process_count=int(sys.argv[2]), label_index_dir={index!r})
-print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(time.perf_counter() - start, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 """
 
 
@@ -148,6 +150,7 @@ def main() -> None:
         written = manifest.load_manifest(out, verify=False)
         out_bytes = sum(os.path.getsize(f) for f in written.files)
         rss = max(float(o[1]) for o in outputs)
+        cpu = sum(float(o[2]) for o in outputs)  # whole child processes, start-up included
         print(
             f"write_selected, {count} process(es), {cache} label index: {wall:.1f} s wall; "
             f"source read {corpus_bytes / wall / 1e6:.1f} MB/s = {source.num_records / wall:,.0f} source records/s; "
@@ -158,6 +161,12 @@ def main() -> None:
             f"  ratio to raw disk: source read / raw read {corpus_bytes / wall / 1e6 / read_mb:.3f}; "
             f"output written / raw write+fsync {out_bytes / wall / 1e6 / write_mb:.3f}; "
             f"source read / raw write+fsync {corpus_bytes / wall / 1e6 / write_mb:.3f}",
+            flush=True,
+        )
+        print(
+            f"  per CPU-second (what holds on a shared host): {cpu:.1f} CPU-s, "
+            f"{cpu / source.num_records * 1e6:.2f} us per source record; "
+            f"source MB per CPU-s / raw write+fsync {corpus_bytes / cpu / 1e6 / write_mb:.3f}",
             flush=True,
         )
     shutil.rmtree(os.path.join(args.dir, "out_p1"), ignore_errors=True)

@@ -103,7 +103,7 @@ def _write_shard(item: tuple[int, Sequence[tuple[np.ndarray, list[bytes]]]], job
     start, end = int(alloc.bounds[k]), int(alloc.bounds[k + 1])
     if not np.array_equal(positions[order], np.arange(start, end)):
         raise AssertionError(f"output shard {k}: got {len(pieces)} records, expected positions [{start}, {end})")
-    data = b"".join(records.frame_record(pieces[i]) for i in order.tolist())
+    data = records.frame_records([pieces[i] for i in order.tolist()])
     path = job.output_paths(len(alloc.sizes))[k]
     atomic.write_bytes(path, data)
     print(f"[beam] select: wrote {os.path.basename(path)} ({len(pieces)} records)", flush=True)  # progress

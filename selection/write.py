@@ -243,16 +243,15 @@ def select_shard(job: Job, alloc: Allocation, s: int) -> SelectedShard:
         raise AssertionError(f"shard {s}: {copies.sum()} copies, allocation says {alloc.totals[s]}")
     weight = weights_lib.example_weights(scan.offsets, scan.labels, job.label_weights, job.rule)
     record_of_copy, positions = allocation.copy_positions(copies, int(alloc.bases[s]), alloc.total, job.seed)
-    source_records = list(records.iter_records(job.source.files[s]))
+    indices = np.flatnonzero(copies).tolist()
     chosen = {
-        i: source_records[i]
+        i: data
         + allocation.weight_suffix(
             weight[i],
             None if job.remap is None else job.remap.record_labels(scan.labels[scan.offsets[i] : scan.offsets[i + 1]]),
         )
-        for i in np.flatnonzero(copies).tolist()
+        for i, data in zip(indices, records.read_records(job.source.files[s], indices), strict=True)
     }
-    del source_records
     return SelectedShard(
         positions,
         [chosen[i] for i in record_of_copy],

@@ -59,3 +59,37 @@ def test_manifest_refuses_changed_shard(tmp_path):
     os.remove(os.path.join(tmp_path, manifest.MANIFEST_NAME))
     with pytest.raises(manifest.ManifestError, match="no manifest"):
         manifest.load_manifest(str(tmp_path))
+
+
+def test_batched_framing_and_selective_reads_match_the_one_record_framing(tmp_path):
+    """`frame_records` / `write_tfrecord` (headers as one array) write the bytes of `frame_record`;
+    `read_records` returns the chosen records and checks every header, each in its own way."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    datas = [rng.bytes(int(n)) for n in rng.integers(0, 400, 5000)] + [b""]
+    framed = b"".join(records.frame_record(d) for d in datas)
+    assert records.frame_records(datas) == framed and records.frame_records([]) == b""
+    path = str(tmp_path / "a.tfrecord")
+    assert records.write_tfrecord(path, iter(datas)) == len(datas)  # more than one write batch
+    assert open(path, "rb").read() == framed
+    assert list(records.iter_records(path)) == datas
+    assert records.read_records(path, [17, 3, 17]) == [datas[17], datas[3], datas[17]]
+    offset = records.index_records(path)[1234][0]
+    bad = bytearray(framed)
+    bad[offset + 9] ^= 0x01  # the length CRC of record 1234
+    open(path, "wb").write(bytes(bad))
+    with pytest.raises(records.CorruptRecordError, match=r"record 1234: length CRC mismatch"):
+        records.read_records(path, [0])
+    bad = bytearray(framed)
+    bad[offset] ^= 0x10  # its length: the walk goes astray, the header CRC catches it first
+    open(path, "wb").write(bytes(bad))
+    with pytest.raises(records.CorruptRecordError, match=r"record 1234: length CRC mismatch"):
+        records.read_records(path, [0])
+    for cut, message in ((3, "record 5000: truncated record data"), (20, "record 4999: truncated record data")):
+        open(path, "wb").write(framed[:-cut])
+        with pytest.raises(records.CorruptRecordError, match=message):
+            records.read_records(path)
+    open(path, "wb").write(framed + b"\x00" * 5)
+    with pytest.raises(records.CorruptRecordError, match="record 5001: truncated record header"):
+        records.read_records(path)
