@@ -57,7 +57,7 @@ def write_csv_source(root, n=64):
     return tree
 
 
-def write_config(path, source: dict, target: dict) -> str:
+def write_config(path, source: dict, target: dict, dedup: bool = True) -> str:
     path.write_text(
         textwrap.dedent(f"""
         from configs import demo
@@ -70,6 +70,7 @@ def write_config(path, source: dict, target: dict) -> str:
             c.data.source = sides.side_config(**{source!r})
             c.data.target = sides.side_config(**{target!r})
             c.selection.size = 40
+            c.dedup.enabled = {dedup!r}
             return c
         """)
     )
@@ -159,6 +160,7 @@ def test_tfds_target_end_to_end(tmp_path, tfds_dir):
         tmp_path / "config.py",
         source=dict(kind="shards", path=str(shards_dir), train_split=""),  # an already prepared shard set
         target=dict(kind="tfds", name="tiny_pets_for_test", data_dir=tfds_dir, train_split="train", test_split="test"),
+        dedup=False,  # the tiny TFDS set's flat-colour images match every synthetic source image: dedup would drop all
     )
     workdir = tmp_path / "work"
     launch(config, workdir)
