@@ -271,9 +271,14 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
             f"{removal['removed']} of {removal['source_records']} source images removed "
             f"({100 * removal['removed'] / max(removal['source_records'], 1):.2f}%) before any training: "
             f"features `{removal['features']}`"
-            + (", verified by aligned grey + chroma correlation" if removal["verify"] else "")
-            + f", threshold {removal['threshold']}. Removed pairs of lowest similarity and the nearest kept ones "
-            "(top: source, bottom: its nearest target image): ![pairs](dedup_pairs.png)",
+            + (
+                f", verified by aligned grey correlation >= {removal['threshold']} and chroma correlation >= "
+                f"{removal.get('chroma_threshold')}"
+                if removal["verify"]
+                else f", cosine >= {removal['threshold']}"
+            )
+            + ". Removed pairs of lowest similarity and the nearest kept ones (top: source, bottom: its "
+            "nearest target image; grey / chroma correlation above): ![pairs](dedup_pairs.png)",
             "",
         ]
 

@@ -100,6 +100,7 @@ def stage_dedup(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
             batch_size=config.dedup.batch_size,
             verify=config.dedup.verify,
             candidates=config.dedup.candidates,
+            chroma_threshold=config.dedup.chroma_threshold,
         )
         dedup.plot_pairs(report, ws.prepared_source, ws.dedup_pairs_png)
     _barrier("dedup written")
@@ -109,6 +110,7 @@ def stage_dedup(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
         "removed": report["removed"],
         "kept": report["kept"],
         "threshold": report["threshold"],
+        "chroma_threshold": report.get("chroma_threshold"),
         "features": config.dedup.features,
         "verify": bool(config.dedup.verify),
     }

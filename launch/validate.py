@@ -301,6 +301,7 @@ def _check_dedup(config: ml_collections.ConfigDict) -> None:
             "dedup.verify": is_bool(),
             "dedup.candidates": int_at_least(1),
             "dedup.threshold": (lambda v: _is_number(v) and -1 <= v <= 1, "a number in [-1, 1] (a similarity)"),
+            "dedup.chroma_threshold": (lambda v: _is_number(v) and -1 <= v <= 1, "a number in [-1, 1] (a correlation)"),
             "dedup.image_size": int_at_least(8),
             "dedup.batch_size": int_at_least(1),
         },

@@ -118,6 +118,7 @@ def test_stage_defaults_remove_planted_near_duplicates_and_keep_the_rest(tmp_pat
         batch_size=defaults.batch_size,
         verify=defaults.verify,
         candidates=defaults.candidates,
+        chroma_threshold=defaults.chroma_threshold,
     )
     removed = set(report.removed_ids)
     assert len(removed & planted) >= 0.95 * len(planted)
