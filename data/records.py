@@ -86,6 +86,7 @@ def decode_example(serialized: bytes) -> Example:
 
 
 _HEADER = struct.Struct("<QI")  # data length, masked crc32c of the length's 8 bytes
+_LENGTH = struct.Struct("<Q")
 _CRC = struct.Struct("<I")  # masked crc32c of the data (after it) or of the length (in the header)
 _FRAMING = _HEADER.size + _CRC.size  # bytes a record adds to its data
 
@@ -138,25 +139,24 @@ def frame_records(datas: Sequence[bytes]) -> bytes:
 
 def _record_spans(buf: bytes, path: str) -> tuple[np.ndarray, np.ndarray]:
     """(data start, data length) of every record in a whole file's bytes; every header checked
-    (whole, length CRC) and the last record's data whole. The walk is one unpack per record; the
+    (whole, length CRC) and the last record's data whole. The walk costs one unpack per record; the
     header CRCs are checked for all records at once."""
-    starts, lengths = [], []
-    pos, size, unpack = 0, len(buf), _HEADER.unpack_from
+    heads: list[int] = []
+    append, unpack_length = heads.append, _LENGTH.unpack_from
+    pos, size = 0, len(buf)
     while pos + _HEADER.size <= size:
-        length = unpack(buf, pos)[0]
-        starts.append(pos + _HEADER.size)
-        lengths.append(length)
-        pos += _FRAMING + length
-    start_array = np.array(starts, np.int64)
-    length_array = np.array(lengths, np.uint64)
-    stored = np.frombuffer(buf, np.uint8)[start_array[:, None] - 4 + np.arange(4)].copy().view("<u4")[:, 0]
-    bad = np.flatnonzero(stored != _masked_crc_of_lengths(length_array))
+        append(pos)
+        pos += _FRAMING + unpack_length(buf, pos)[0]
+    head = np.array(heads, np.int64)
+    raw = np.frombuffer(buf, np.uint8)[head[:, None] + np.arange(_HEADER.size)]
+    lengths = raw[:, :8].copy().view("<u8")[:, 0]
+    bad = np.flatnonzero(raw[:, 8:].copy().view("<u4")[:, 0] != _masked_crc_of_lengths(lengths))
     if len(bad):
         raise CorruptRecordError(path, int(bad[0]), "length CRC mismatch")
     if pos != size:  # a partial header, or the last record's data or CRC cut short
-        index = len(starts) - (pos > size)
+        index = len(heads) - (pos > size)
         raise CorruptRecordError(path, index, "truncated record header" if pos < size else "truncated record data")
-    return start_array, length_array.astype(np.int64)
+    return head + _HEADER.size, lengths.astype(np.int64)
 
 
 def read_records(path: str, indices: Iterable[int] | None = None) -> list[bytes]:

@@ -21,6 +21,7 @@ produce the same bytes from the same plan and seed, whatever their process or wo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -181,7 +182,13 @@ def weight_suffix(weight: float, labels: list[int] | None = None) -> bytes:
     Appended to a source record it adds the weight without decoding or re-encoding the image:
     protobuf merges repeated message fields, so the parsed record is the source record plus the weight;
     an appended `image/label` replaces the source's labels (a map entry parsed later wins).
+    Records share few distinct suffixes (a weight per label), so each is serialized once.
     """
+    return _suffix(float(weight), None if labels is None else tuple(int(v) for v in labels))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _suffix(weight: float, labels: tuple[int, ...] | None) -> bytes:
     proto = tf_example_pb2.Example()
     proto.features.feature["image/weight"].float_list.value.append(float(weight))
     if labels is not None:
