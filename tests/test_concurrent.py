@@ -46,8 +46,8 @@ def test_workers_are_pinned_one_per_core_and_results_keep_order():
     assert [r[0] for r in results] == [0, 1, 2, 3]
     assert os.getpid() not in {r[1] for r in results}
     assert all(len(r[2]) == 1 and r[2][0] in cores for r in results)
-    if len(cores) >= 2:
-        assert len({r[2][0] for r in results}) == 2  # two workers, two different cores
+    core_of = {pid: core[0] for _, pid, core in results}
+    assert len(core_of) <= 2 and len(set(core_of.values())) == min(len(core_of), len(cores))  # a core each
     assert concurrent.run_all(_where, [(7,)], 2)[0][1] == os.getpid()  # a single run stays in-process
 
 
