@@ -93,6 +93,8 @@ def main(argv: list[str]) -> int:
         validate.check_grid(config, check_paths=not dry_run)
         if not dry_run:
             config_cli.check_workdir_config(config, workdir, _ALLOW_CONFIG_CHANGE.value)
+            if not (config.get("grid") and config.grid.targets):  # a grid checks each target's job itself
+                stages.check_prerequisites(workdir, selected)
     except config_cli.ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

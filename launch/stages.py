@@ -35,6 +35,22 @@ def select_stages(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(n for n in STAGE_NAMES if not names or n in names)
 
 
+def check_prerequisites(workdir: str, names: Sequence[str]) -> None:
+    """Refuses a `--stages` subset that would read outputs no stage has written, before any compute.
+
+    Every stage reads the outputs of the stages before it (the dedup stage decides which source all
+    later stages read), so each earlier stage must be complete in the work dir or run in this launch.
+    """
+    ws = Workspace(paths.resolve(workdir))
+    last = max((STAGE_NAMES.index(n) for n in names), default=-1)
+    missing = [n for n in STAGE_NAMES[:last] if n not in names and not epath.Path(ws.marker(n)).exists()]
+    if missing:
+        raise config_cli.ConfigError(
+            f"--stages={','.join(names)} needs stage(s) {','.join(missing)} first (not complete in {workdir}); "
+            "add them to --stages"
+        )
+
+
 def _model_config(config: ml_collections.ConfigDict, num_classes: int) -> ml_collections.ConfigDict:
     model_config = ml_collections.ConfigDict(config.model.to_dict())
     model_config.num_classes = num_classes

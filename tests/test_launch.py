@@ -9,6 +9,7 @@ import sys
 import ml_collections
 import pytest
 
+from data import atomic
 from launch import config_cli, stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,6 +47,24 @@ def test_bad_override_fails_before_compute(tmp_path, override, message):
 def test_unknown_stage_is_rejected(tmp_path):
     result = _launch("--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--stages=prepare,trian")
     assert result.returncode == 2 and "unknown stage(s) ['trian']" in result.stderr
+
+
+def test_stages_whose_inputs_no_stage_wrote_are_refused_before_compute(tmp_path):
+    """--stages=prepare,pretrain_source,weights,select skips dedup, whose output all later stages read."""
+    result = _launch(
+        "--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--stages=prepare,pretrain_source,weights,select"
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "needs stage(s) dedup first" in result.stderr and "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "stages") and not os.path.exists(tmp_path / "data")
+
+
+def test_stages_after_complete_ones_are_accepted(tmp_path):
+    for stage in ("prepare", "dedup"):
+        atomic.write_json(os.path.join(tmp_path, "stages", f"{stage}.json"), {"stage": stage, "summary": {}})
+    stages.check_prerequisites(str(tmp_path), ("pretrain_source",))
+    with pytest.raises(config_cli.ConfigError, match="needs stage.s. pretrain_source first"):
+        stages.check_prerequisites(str(tmp_path), ("weights",))
 
 
 def test_check_override_keys_accepts_nested_and_names_missing():

@@ -9,7 +9,7 @@ TPU pod (v3-256):
     launch/tpu_pod.sh tcpt-v3-256 europe-west4-a v3-256 configs/paper/table5.py gs://YOUR_BUCKET/runs/table5
 One host (8 devices):
     python -m launch.main --config=configs/paper/table5.py --workdir=/data/runs/table5 --config.hardware.devices=8
-The statistics alone (no selected pre-training): add `--stages=prepare,pretrain_source,weights,select`.
+The statistics alone (no selected pre-training): add `--stages=prepare,dedup,pretrain_source,weights,select`.
 
 Estimated wall time (dry run, 256 TPU v3 devices): 3 pre-training runs of 2M steps at batch 1024
 (3.4 h each) and 20 fine-tuning runs (0.5 min each): 10.4 h; the statistics alone need only the
