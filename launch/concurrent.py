@@ -69,16 +69,16 @@ def run_all(fn: Callable[..., T], calls: Sequence[tuple], workers: int, preload:
     usable = sorted(os.sched_getaffinity(0))
     for i in range(workers):
         cores.put(usable[i % len(usable)])
+    cache_dir: str | None = jax.config.jax_compilation_cache_dir  # type: ignore[attr-defined]  # a dynamic option
+    initargs: tuple[Any, str | None] = (cores, cache_dir)
     pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(cores, jax.config.jax_compilation_cache_dir),
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=initargs
     )
 
     def forward(signum: int, frame: Any) -> None:
         for process in list(pool._processes.values()):  # the executor has no public handle on its workers
-            os.kill(process.pid, signum)
+            if process.pid is not None:
+                os.kill(process.pid, signum)
 
     previous = None
     if threading.current_thread() is threading.main_thread():
