@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import jax
 import ml_collections
 import numpy as np
 from etils import epath
@@ -19,6 +20,13 @@ from trainer.train import train
 def kornblith_grid() -> list[tuple[float, float]]:
     """7 learning rates 1e-4..1e-1 x (7 weight-decay/lr ratios 1e-6..1e-3, and no decay)."""
     return [(float(lr), float(ratio * lr)) for lr in np.logspace(-4, -1, 7) for ratio in [0.0, *np.logspace(-6, -3, 7)]]
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def split_train_val(train_dir: str, out_dir: str, val_fraction: float = 0.2, seed: int = 0) -> tuple[str, str]:
@@ -49,6 +57,10 @@ def split_train_val(train_dir: str, out_dir: str, val_fraction: float = 0.2, see
             hierarchy=source.hierarchy,
             extra={"split_of": paths.resolve(train_dir), "val_fraction": val_fraction, "seed": seed},
             resume=False,
+            # every process of a multi-host job gets here: one writes, all wait for the manifest
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            barrier=_barrier,
         )
 
     write(train_out, ~is_val)
