@@ -22,7 +22,15 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from launch.workdir import ENTIRE_SOURCE, Workspace, pretraining_choices, selection_choices
+from launch import pt_model
+from launch.workdir import (
+    ENTIRE_SOURCE,
+    RANDOM_INIT,
+    Workspace,
+    pretrain_seeds,
+    pretraining_choices,
+    selection_choices,
+)
 
 GIB = 2**30
 # Peak dense bf16 FLOP/s and memory per JAX device (vendor figures; a TPU v3 chip is two devices).
@@ -69,7 +77,7 @@ def _forward_flops(model_json: str) -> float:
 def _model_at(
     config: ml_collections.ConfigDict,
     section: ml_collections.ConfigDict,
-    model_config: ml_collections.ConfigDict | None,
+    model_config: ml_collections.ConfigDict | None = None,
 ) -> str:
     """The model config at the run's resolution, as a hashable string (FLOPs are cached per model)."""
     model = (model_config or config.model).to_dict()
@@ -87,30 +95,52 @@ def _runs(config: ml_collections.ConfigDict) -> dict[str, list[Run]]:
         return Run(name, steps, int(section.global_batch_size), flops)
 
     choices = pretraining_choices(config)
+    seeds = pretrain_seeds(config)
+    views = [f"pretrain_seed_{p}/" for p in seeds] or [""]  # pretrain.seeds: every pre-trained row per seed
+
+    def finetune_runs(prefix: str, section: ml_collections.ConfigDict) -> list[Run]:
+        """Every (view, choice, seed) run; random initialisation once (it has no pre-training seed)."""
+        return [
+            run(f"{v if c != RANDOM_INIT else ''}{prefix}/{c}/seed_{s}", section)
+            for v in views
+            for c in choices
+            for s in config.finetune.seeds
+            if c != RANDOM_INIT or v == views[0]
+        ]
+
     finetunes = [
-        run(f"finetune/{c}/grid/lr{lr:g}_wd{wd:g}", config.finetune)  # fine-tuning grid (finetune_sweep)
+        run(f"{v if c != RANDOM_INIT else ''}finetune/{c}/grid/lr{lr:g}_wd{wd:g}", config.finetune)  # finetune_sweep
+        for v in views
         for c in choices
         for lr, wd in stages.finetune_grid(config, c)
+        if c != RANDOM_INIT or v == views[0]
     ]
-    finetunes += [run(f"finetune/{c}/seed_{s}", config.finetune) for c in choices for s in config.finetune.seeds]
+    finetunes += finetune_runs("finetune", config.finetune)
     if stages.balanced_steps(config):  # long-tail fine-tuning's second stage (finetune_balanced)
         balanced = ml_collections.ConfigDict(config.finetune.to_dict())
         balanced.steps = stages.balanced_steps(config)
-        finetunes += [run(f"finetune_balanced/{c}/seed_{s}", balanced) for c in choices for s in config.finetune.seeds]
+        finetunes += finetune_runs("finetune_balanced", balanced)
     helpers = [  # the example-level methods' own networks (selection.example_level)
-        run(f"select/{name}", config.selection[name].helper.train, config.selection[name].helper.model)
+        run(f"{v}select/{name}", config.selection[name].helper.train, config.selection[name].helper.model)
+        for v in views
         for name in dict.fromkeys(c.method for c in selection_choices(config))
         if "helper" in config.selection[name]
         and (name != "domain_classifier" or config.selection[name].classifier == "cnn")
     ]
     runs = {
-        "pretrain_source": [run(f"pretrain/{ENTIRE_SOURCE}", config.pretrain)],
+        "pretrain_source": [run(f"{v}pretrain/{ENTIRE_SOURCE}", config.pretrain) for v in views],
         "select": helpers,
         "pretrain_selected": [
-            run(f"pretrain/{c.name}", stages.pretrain_run_config(config, c.method)) for c in selection_choices(config)
+            run(f"{v}pretrain/{c.name}", stages.pretrain_run_config(config, c.method))
+            for v in views
+            for c in selection_choices(config)
         ],
         "finetune": finetunes,
     }
+    if pt_model.own_model(config):  # Pt's own source model, trained once in the weights stage
+        pt_run = pt_model.run_config(config)
+        flops = _forward_flops(_model_at(config, pt_run, pt_model.model_config(config, config.model.num_classes)))
+        runs["weights"] = [Run("weights/model", int(pt_run.steps) or None, int(pt_run.global_batch_size), flops)]
     targets = tuple(config.grid.targets) if config.get("grid") else ()
     if targets:  # a grid (launch.grid): the entire-source model once (without dedup), the rest per target
         per_target = [s for s in runs if s != "pretrain_source" or config.dedup.enabled]

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from etils import epath
 
 from data import atomic  # noqa: E402
-from launch import workdir  # noqa: E402
+from launch import pt_model, workdir  # noqa: E402
 from selection import methods  # noqa: E402
 from selection import weights as weights_lib  # noqa: E402
 
@@ -48,6 +48,24 @@ CSV_COLUMNS = (
     "pretrain_wall_s",
     "induction_top1",
     "induction_top5",
+)
+
+
+# report.csv with pretrain.seeds: every pre-trained row at several pre-training seeds. top1_mean is the
+# mean over pre-training seeds of each seed's mean over fine-tuning seeds; top1_std_pretrain the spread
+# of those per-seed means; top1_std_finetune the mean over pre-training seeds of the spread over
+# fine-tuning seeds; top1_per_pretrain_seed each seed's mean, in `pretrain.seeds` order.
+SEEDED_CSV_COLUMNS = (
+    "pretraining_data",
+    "target",
+    "top1_mean",
+    "top1_std_pretrain",
+    "top1_std_finetune",
+    "pretrain_seeds",
+    "finetune_seeds",
+    "top1_per_pretrain_seed",
+    "mean_per_class_mean",
+    *CSV_COLUMNS[7:],
 )
 
 
@@ -78,6 +96,63 @@ def summarise_runs(runs: list[dict]) -> dict:
 
 def results_rows(results: dict[str, list[dict]], target: str) -> list[dict]:
     return [{"pretraining_data": choice, "target": target, **summarise_runs(runs)} for choice, runs in results.items()]
+
+
+def seeded_rows(results: dict[int, dict[str, list[dict]]], target: str) -> list[dict]:
+    """Rows over pre-training seeds (`results`: seed -> choice -> fine-tuning runs), SEEDED_CSV_COLUMNS.
+
+    A row missing at some seed is summarised over the seeds that have it (random initialisation is
+    one set of runs, the same at every seed, so its spread over pre-training seeds is 0)."""
+    choices = list(dict.fromkeys(c for by_choice in results.values() for c in by_choice))
+    rows = []
+    for choice in choices:
+        per_seed = [summarise_runs(by_choice[choice]) for by_choice in results.values() if choice in by_choice]
+        means = np.array([r["top1_mean"] for r in per_seed])
+        rows.append(
+            {
+                "pretraining_data": choice,
+                "target": target,
+                "top1_mean": float(means.mean()),
+                "top1_std_pretrain": float(means.std()),
+                "top1_std_finetune": float(np.mean([r["top1_std"] for r in per_seed])),
+                "pretrain_seeds": len(per_seed),
+                "finetune_seeds": per_seed[0]["seeds"],
+                "top1_per_pretrain_seed": " ".join(f"{m:.2f}" for m in means),
+                "mean_per_class_mean": float(np.mean([r["mean_per_class_mean"] for r in per_seed])),
+                "mean_per_class_std": float(np.std([r["mean_per_class_mean"] for r in per_seed])),
+                "finetune_learning_rate": per_seed[0]["finetune_learning_rate"],  # the first seed's point
+                "finetune_weight_decay": per_seed[0]["finetune_weight_decay"],
+                "top1_std": float(means.std()),  # results.png's error bar (not a CSV column)
+            }
+        )
+    return rows
+
+
+def run_facts(ws: workdir.Workspace) -> str:
+    """The machine, the job's wall time (its stages' markers) and what reproduces where."""
+    import platform
+
+    import jax
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        lines = epath.Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    seconds = sum(
+        float(atomic.read_json(ws.marker(name)).get("seconds", 0.0))
+        for name in workdir.STAGE_NAMES
+        if name != "report" and epath.Path(ws.marker(name)).exists()
+    )
+    return (
+        f"Machine: {cpu}, {os.cpu_count()} CPU core(s), JAX {jax.__version__} on {jax.default_backend()} "
+        f"({jax.device_count()} device(s)). Wall time of the stages: {seconds / 60:.1f} min (summed over "
+        "launches; a resumed stage counts its last launch). Every run is seeded and the input order is "
+        "deterministic, so the same machine type and software give the same numbers bit for bit; XLA's CPU "
+        "code generation depends on the processor's instruction set, so another processor may give "
+        "slightly different floats, which training can amplify up to the seed spread reported here."
+    )
 
 
 def _induction_cell(row: dict) -> str:
@@ -208,13 +283,76 @@ def _label_table(config: ml_collections.ConfigDict, ws: workdir.Workspace, choic
     ]
 
 
+def _transfer_table(config: ml_collections.ConfigDict, ws: workdir.Workspace, rows: list[dict]) -> list[str]:
+    table = _markdown_table(
+        ["Pre-training data", "Top-1 (%)", "Mean per-class (%)", "Seeds", "Fine-tuning lr / wd"],
+        [
+            [
+                row_title(r["pretraining_data"]),
+                f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}",
+                f"{r['mean_per_class_mean']:.2f} ± {r['mean_per_class_std']:.2f}",
+                str(r["seeds"]),
+                _finetune_point(ws, r),
+            ]
+            for r in rows
+        ],
+    )
+    sweep = (
+        "Each row's fine-tuning learning rate / weight decay is the best on a validation split carved "
+        "from the target's training split (grid: `finetune_sweep`, random initialisation its own), "
+        "then re-trained on the whole training split for every seed. "
+        if config.get("finetune_sweep") is not None
+        else ""
+    )
+    return [table, "", "Mean ± standard deviation over fine-tuning seeds. " + sweep + "![results](results.png)"]
+
+
+def _seeded_table(rows: list[dict], seeds: tuple[int, ...]) -> list[str]:
+    """pretrain.seeds: per row, the mean and both spreads, and each pre-training seed's mean."""
+    table = _markdown_table(
+        [
+            "Pre-training data",
+            "Top-1 (%)",
+            "Std over pre-training seeds",
+            "Std over fine-tuning seeds",
+            *[f"Pre-training seed {p}" for p in seeds],
+        ],
+        [
+            [
+                row_title(r["pretraining_data"]),
+                f"{r['top1_mean']:.2f}",
+                f"{r['top1_std_pretrain']:.2f}",
+                f"{r['top1_std_finetune']:.2f}",
+                *(r["top1_per_pretrain_seed"].split() + [""] * len(seeds))[: len(seeds)],
+            ]
+            for r in rows
+        ],
+    )
+    return [
+        table,
+        "",
+        f"Top-1: mean over {len(seeds)} pre-training seeds of the mean over "
+        f"{rows[0]['finetune_seeds'] if rows else 0} fine-tuning seeds; the spread over pre-training seeds is "
+        "that of the per-seed means, the spread over fine-tuning seeds the mean of each seed's spread "
+        "(population standard deviations). Random initialisation does not depend on the pre-training seed. "
+        "The sections below are pre-training seed "
+        f"{seeds[0]}'s. ![results](results.png)",
+    ]
+
+
 def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> dict:
     """Builds report.md / report.csv / results.png (and accuracy_vs_size.png) from the stage outputs."""
-    results = atomic.read_json(ws.finetune_results)
+    seeds = workdir.pretrain_seeds(config)
+    top = ws
+    ws = ws.for_pretrain_seed(seeds[0] if seeds else None)  # per-seed sections: the first seed's
     target = config.data.target_name
     choices = {c.name: c for c in workdir.selection_choices(config)}
-    order = [c for c in workdir.pretraining_choices(config) if c in results]  # JSON keys come back sorted
-    all_rows = results_rows({c: results[c] for c in order}, target)
+    listed = workdir.pretraining_choices(config)  # JSON keys come back sorted
+    by_seed = {
+        p: atomic.read_json(top.for_pretrain_seed(p).finetune_results) for p in (seeds or (config.pretrain.seed,))
+    }
+    by_seed = {p: {c: results[c] for c in listed if c in results} for p, results in by_seed.items()}
+    all_rows = seeded_rows(by_seed, target) if seeds else results_rows(next(iter(by_seed.values())), target)
     select_summary = (
         atomic.read_json(ws.marker("select"))["summary"] if epath.Path(ws.marker("select")).exists() else {}
     )
@@ -223,12 +361,13 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
     rows = [r for r in all_rows if r["pretraining_data"] not in choices or choices[r["pretraining_data"]].main]
 
     csv_buffer = io.StringIO()
-    writer = csv.DictWriter(csv_buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    columns = SEEDED_CSV_COLUMNS if seeds else CSV_COLUMNS
+    writer = csv.DictWriter(csv_buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in all_rows:
         writer.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic.write_text(ws.report_csv, csv_buffer.getvalue())
-    _plot_results(rows, ws.results_png)
+    atomic.write_text(top.report_csv, csv_buffer.getvalue())
+    _plot_results(rows, top.results_png)
 
     size_section: list[str] = []
     if config.selection.sizes:
@@ -238,7 +377,7 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
             if choice is not None and choice.size:
                 points.setdefault(choice.method, []).append({**r, "size": choice.size})
         baselines = [r for r in rows if r["pretraining_data"] in (workdir.ENTIRE_SOURCE, workdir.RANDOM_INIT)]
-        _plot_accuracy_vs_size(points, baselines, ws.accuracy_vs_size_png)
+        _plot_accuracy_vs_size(points, baselines, top.accuracy_vs_size_png)
         size_rows = [
             [row_title(m), str(p["size"]), f"{p['top1_mean']:.2f} ± {p['top1_std']:.2f}"]
             for m, ps in points.items()
@@ -290,31 +429,13 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
         f"pre-trained row; fine-tuning {config.finetune.steps} steps, seeds {list(config.finetune.seeds)}.",
         "",
         *dedup_section,
+        pt_model.describe(config),
+        "",
+        run_facts(top),
+        "",
         "## Transfer results (Table 3's shape)",
         "",
-        _markdown_table(
-            ["Pre-training data", "Top-1 (%)", "Mean per-class (%)", "Seeds", "Fine-tuning lr / wd"],
-            [
-                [
-                    row_title(r["pretraining_data"]),
-                    f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}",
-                    f"{r['mean_per_class_mean']:.2f} ± {r['mean_per_class_std']:.2f}",
-                    str(r["seeds"]),
-                    _finetune_point(ws, r),
-                ]
-                for r in rows
-            ],
-        ),
-        "",
-        "Mean ± standard deviation over fine-tuning seeds. "
-        + (
-            "Each row's fine-tuning learning rate / weight decay is the best on a validation split carved "
-            "from the target's training split (grid: `finetune_sweep`, random initialisation its own), "
-            "then re-trained on the whole training split for every seed. "
-            if config.get("finetune_sweep") is not None
-            else ""
-        )
-        + "![results](results.png)",
+        *(_seeded_table(rows, seeds) if seeds else _transfer_table(config, ws, rows)),
         "",
         "## Methods compared at one budget",
         "",
@@ -360,8 +481,8 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
         "",
         "## Importance weight distribution (Figure 1's shape)",
         "",
-        "![importance weights](importance_weights.png)",
+        f"![importance weights]({os.path.relpath(ws.importance_weights_png, top.root)})",
         "",
     ]
-    atomic.write_text(ws.report_md, "\n".join(md))
+    atomic.write_text(top.report_md, "\n".join(md))
     return {r["pretraining_data"]: round(r["top1_mean"], 2) for r in all_rows}

@@ -14,12 +14,14 @@ import numpy as np
 from etils import epath
 
 from data import atomic, manifest, paths
-from launch import config_cli, report
+from launch import config_cli, pt_model, report
 from launch.workdir import (
     ENTIRE_SOURCE,
     RANDOM_INIT,
+    SEEDED_STAGES,
     STAGE_NAMES,
     Workspace,
+    pretrain_seeds,
     pretraining_choices,
     selection_choices,
 )
@@ -139,6 +141,8 @@ def pretrain_run_config(config: ml_collections.ConfigDict, method: str | None) -
     w twice. Only a method whose shards are the source with weights (`weighted_loss`) weights it.
     """
     run_config = ml_collections.ConfigDict(config.pretrain.to_dict())
+    if "seeds" in run_config:  # the job's seeds; a run has one (`seed`, or the seed's view's)
+        del run_config["seeds"]
     run_config.use_example_weights = method is not None and methods_lib.get(method).weighted_loss
     section = config.get("pretrain_selected")
     if method is not None and section is not None and section.get("objective", "supervised") == "contrastive":
@@ -167,8 +171,11 @@ def _pretrain(
     from trainer import train
 
     source = manifest.load_manifest(ws.source, verify=False)
+    run_config = pretrain_run_config(config, method)
+    if ws.pretrain_seed is not None:  # pretrain.seeds: this view's seed
+        run_config.seed = ws.pretrain_seed
     return train.train(
-        pretrain_run_config(config, method),
+        run_config,
         model_config=_model_config(config, source.num_labels),
         train_dir=train_dir,
         workdir=ws.pretrain(choice),
@@ -191,13 +198,33 @@ def _entire_source_model(config: ml_collections.ConfigDict, ws: Workspace) -> tu
     return model, checkpoint.load_variables(ws.pretrain(ENTIRE_SOURCE), use_ema=config.pretrain.eval_with_ema)
 
 
+def _pt_source_model(config: ml_collections.ConfigDict, ws: Workspace) -> tuple:
+    """(model, variables) of the source model that computes Pt: the entire-source row's (Ngiam et al.),
+    or Pt's own source model (`launch.pt_model`: weights.model / weights.pretrain), trained here once
+    per job on the entire source (resumable; a finished run is reused by every pre-training seed)."""
+    from models import registry
+    from trainer import checkpoint, train
+
+    if not pt_model.own_model(config):
+        return _entire_source_model(config, ws)
+    source = manifest.load_manifest(ws.source, verify=False)
+    model_config = pt_model.model_config(config, source.num_labels)
+    run_config = pt_model.run_config(config)
+    train.train(
+        run_config, model_config=model_config, train_dir=ws.source, workdir=ws.weights_model, stage_name="weights/model"
+    )
+    model = registry.build_model(model_config)
+    return model, checkpoint.load_variables(ws.weights_model, use_ema=run_config.eval_with_ema)
+
+
 def stage_weights(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
-    """Pt from the entire-source model's predictions on target TRAIN images (labels unused)."""
+    """Pt from a source model's predictions on target TRAIN images (labels unused): the entire-source
+    model's, or Pt's own source model's (`launch.pt_model`)."""
     from data import pipeline
     from selection import weights
 
     source = manifest.load_manifest(ws.source, verify=False)  # label names/counts only
-    model, variables = _entire_source_model(config, ws)
+    model, variables = _pt_source_model(config, ws)
 
     def apply_fn(variables, images):
         return model.apply(variables, images, train=False)["logits"]
@@ -206,7 +233,7 @@ def stage_weights(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     batches = pipeline.eval_batches(  # the batches carry target labels; Pt never reads them
         ws.target("train"),
         global_batch_size=config.weights.batch_size,
-        image_size=config.pretrain.image_size,  # the source model's resolution (may be below fine-tuning's)
+        image_size=pt_model.image_size(config),  # the source model's resolution (may be below fine-tuning's)
         num_classes=target.num_labels,
     )
     pt = weights.target_label_distribution(
@@ -224,9 +251,15 @@ def stage_weights(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     atomic.write_json(ws.label_stats_json, label_stats)
     iw.write(ws.weights_json)
     order = np.argsort(-iw.w)[:5]
+    pt_sorted = np.sort(pt)[::-1]
     return {
+        "pt_model": "own" if pt_model.own_model(config) else ENTIRE_SOURCE,
         "top_labels": [[source.label_names[i], float(iw.w[i])] for i in order],
         "excluded_labels": len(iw.excluded),
+        # how peaked Pt is: its largest value, the mass of its top 10% of labels, its perplexity
+        "pt_max": float(pt_sorted[0]),
+        "pt_top10pct_mass": float(pt_sorted[: max(1, len(pt) // 10)].sum()),
+        "pt_perplexity": float(np.exp(-np.sum(pt * np.log(np.maximum(pt, 1e-12))))),
     }
 
 
@@ -547,6 +580,25 @@ def _barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def _run_stage(config: ml_collections.ConfigDict, ws: Workspace, name: str, label: str) -> dict:
+    """One stage (or one seed's part of a seeded stage) unless its marker says it is complete."""
+    import jax
+
+    marker = ws.marker(name)
+    if epath.Path(marker).exists():
+        print(f"== stage {label}: complete, skipped", flush=True)
+        return atomic.read_json(marker)["summary"]
+    print(f"== stage {label}: running", flush=True)
+    start = time.time()
+    summary = STAGES[name](config, ws)
+    elapsed = time.time() - start
+    _barrier(f"stage {label} done")
+    if jax.process_index() == 0:
+        atomic.write_json(marker, {"stage": name, "seconds": round(elapsed, 1), "summary": summary})
+    print(f"== stage {label}: done in {elapsed:.0f}s  {summary}", flush=True)
+    return summary
+
+
 def run_pipeline(
     config: ml_collections.ConfigDict, workdir: str, names: Sequence[str] = STAGE_NAMES, shared: str = ""
 ) -> dict:
@@ -555,26 +607,29 @@ def run_pipeline(
     Every process of a multi-host job runs every stage (each does its share); process 0 writes the
     marker once all have finished, so a job killed mid-stage reruns that stage on every process.
     `shared`: a grid's root, whose source (and entire-source model) this target's job uses.
+    With `pretrain.seeds`, each seeded stage runs once per pre-training seed in that seed's view of the
+    work dir (its own marker), and the stage's marker is written once every seed is complete.
     """
     import jax
 
     ws = Workspace(paths.resolve(workdir), dedup=bool(config.dedup.enabled), shared=shared)
     epath.Path(ws.root).mkdir(parents=True, exist_ok=True)
     config_cli.save_resolved(config, ws.root)
+    seeds = pretrain_seeds(config)
     summaries = {}
     for number, name in enumerate(names, start=1):
-        marker = ws.marker(name)
-        if epath.Path(marker).exists():
-            print(f"== stage {number}/{len(names)} {name}: complete, skipped", flush=True)
-            summaries[name] = atomic.read_json(marker)["summary"]
+        label = f"{number}/{len(names)} {name}"
+        if not seeds or name not in SEEDED_STAGES or epath.Path(ws.marker(name)).exists():
+            summaries[name] = _run_stage(config, ws, name, label)
             continue
-        print(f"== stage {number}/{len(names)} {name}: running", flush=True)
         start = time.time()
-        summary = STAGES[name](config, ws)
-        elapsed = time.time() - start
-        _barrier(f"stage {name} done")
+        summary = {
+            f"pretrain_seed_{p}": _run_stage(config, ws.for_pretrain_seed(p), name, f"{label} (pre-training seed {p})")
+            for p in seeds
+        }
         if jax.process_index() == 0:
-            atomic.write_json(marker, {"stage": name, "seconds": round(elapsed, 1), "summary": summary})
-        print(f"== stage {number}/{len(names)} {name}: done in {elapsed:.0f}s  {summary}", flush=True)
+            atomic.write_json(
+                ws.marker(name), {"stage": name, "seconds": round(time.time() - start, 1), "summary": summary}
+            )
         summaries[name] = summary
     return summaries

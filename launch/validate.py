@@ -133,7 +133,7 @@ def _check(config: ml_collections.ConfigDict, rules: dict[str, Rule], required: 
 
 def _check_trainer(config: ml_collections.ConfigDict, section: str, min_size: int) -> None:
     _check(config, _section_rules(section, min_size))
-    c = config[section]
+    c = _get(config, section)
     if c.steps == 0 and c.epochs == 0:
         raise ConfigError(f"config keys '{section}.steps' and '{section}.epochs' are both 0: set one to a value > 0")
     if c.steps and c.warmup_steps >= c.steps:
@@ -144,6 +144,31 @@ def _check_trainer(config: ml_collections.ConfigDict, section: str, min_size: in
         )
     if c.end_learning_rate > c.learning_rate:
         raise _fail(f"{section}.end_learning_rate", c.end_learning_rate, f"<= {section}.learning_rate")
+
+
+def _check_pt_model(config: ml_collections.ConfigDict) -> None:
+    """`weights.model` (a complete model config, or empty) and `weights.pretrain` (fields of `pretrain`
+    that Pt's own source model overrides, or empty): checked as the model and recipe they resolve to."""
+    from launch import pt_model
+    from models import registry
+
+    if not pt_model.own_model(config):
+        return
+    model = config.weights.get("model") or {}
+    if len(model):
+        _check(config, {"weights.model.name": one_of(tuple(registry.model_names()))})
+        min_size = registry.min_image_size(model.name)
+        _check(config, {"weights.model.image_size": int_at_least(min_size)})
+    else:
+        min_size = registry.min_image_size(config.model.name)
+    overrides = config.weights.get("pretrain") or {}
+    for key in overrides.keys():
+        if key not in config.pretrain:
+            raise ConfigError(
+                f"unknown config key 'weights.pretrain.{key}': it overrides a field of 'pretrain', which has no '{key}'"
+            )
+    resolved = ml_collections.ConfigDict({"weights": {"pretrain": pt_model.run_config(config).to_dict()}})
+    _check_trainer(resolved, "weights.pretrain", min_size)
 
 
 def _check_seeds(key: str, seeds: Any) -> None:
@@ -334,7 +359,10 @@ def check_config(config: ml_collections.ConfigDict, check_paths: bool = True) ->
     for section in TRAINER_SECTIONS:
         _check_trainer(config, section, min_size)
     _check_seeds("finetune.seeds", config.finetune.seeds)
+    if tuple(config.pretrain.get("seeds", ())):
+        _check_seeds("pretrain.seeds", config.pretrain.seeds)
     _check(config, {"weights.temperature": number_above(0), "weights.batch_size": int_at_least(1)})
+    _check_pt_model(config)
     _check_selection(config)
     _check(
         config,

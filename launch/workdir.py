@@ -10,6 +10,9 @@ Every stage writes only under its own folder, and a stage is complete when its m
                                           the source of every later stage when dedup.enabled)
   pretrain/<choice>/                      trainer work dirs: entire_source, same, same@6000, ... (pretrain_*)
   weights/weights.json, label_stats.json  Pt, Ps, w per source label (weights)
+  weights/model/                          trainer work dir of Pt's own source model, when weights.model or
+                                          weights.pretrain is set (weights; else Pt is the entire-source
+                                          model's); one for every pre-training seed
   selected/<choice>/                      weighted TFRecord shards + manifest (select); a choice is a
                                           method (`same`) or a method at another size (`same@6000`)
   selected/<choice>.plan.csv, .stats.*    the plan and Table-5 statistics of each choice (select)
@@ -30,6 +33,11 @@ Every stage writes only under its own folder, and a stage is complete when its m
                                           dedup_pairs.png (written by dedup)
   targets/<target>/, grid.md, grid.csv    a grid (launch.grid): one job per target, sharing data/source and
                                           (without dedup) pretrain/entire_source of the grid's root
+  pretrain_seed_<p>/...                   with pretrain.seeds: pretrain/, weights/weights.json (and
+                                          label_stats), selected/, finetune/ and stages/ of the seeded
+                                          stages, once per pre-training seed p; random initialisation's
+                                          fine-tuning runs, the data, weights/model/ and the report
+                                          stay at the top (they do not depend on p)
 
 `launch.stages` (which writes these) and `launch.report` (which reads them) both import this module
 and nothing else spells a work-dir path.
@@ -45,6 +53,14 @@ import ml_collections
 STAGE_NAMES = ("prepare", "dedup", "pretrain_source", "weights", "select", "pretrain_selected", "finetune", "report")
 RANDOM_INIT = "random_init"
 ENTIRE_SOURCE = "entire_source"
+# Stages whose outputs depend on the pre-training seed: run once per seed of `pretrain.seeds`.
+SEEDED_STAGES = ("pretrain_source", "weights", "select", "pretrain_selected", "finetune")
+
+
+def pretrain_seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """`pretrain.seeds`: the pre-training seeds every pre-trained row is trained with (each in its own
+    `pretrain_seed_<p>/`); empty (the default): one run per row with `pretrain.seed`, at the top level."""
+    return tuple(int(s) for s in config.pretrain.get("seeds", ()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,12 +110,25 @@ class Workspace:
     # A grid's root (launch.grid): one target's job keeps the target-independent source and, without
     # dedup, the entire-source model there, shared by every target.
     shared: str = ""
+    # One pre-training seed's view (pretrain.seeds): the seeded stages' files under pretrain_seed_<p>/.
+    pretrain_seed: int | None = None
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
 
     def _shared(self, *parts: str) -> str:
         return os.path.join(self.shared or self.root, *parts)
+
+    def _seed_dir(self) -> tuple[str, ...]:
+        return () if self.pretrain_seed is None else (f"pretrain_seed_{self.pretrain_seed}",)
+
+    def seeded(self, *parts: str) -> str:
+        """A file of a seeded stage: under pretrain_seed_<p>/ in a seed's view, else at the top."""
+        return self.path(*self._seed_dir(), *parts)
+
+    def for_pretrain_seed(self, seed: int | None) -> Workspace:
+        """The view of pre-training seed `seed` (None: the top level, a job without pretrain.seeds)."""
+        return dataclasses.replace(self, pretrain_seed=seed)
 
     @property
     def prepared_source(self) -> str:
@@ -130,8 +159,8 @@ class Workspace:
 
     def pretrain(self, choice: str) -> str:
         if choice == ENTIRE_SOURCE and not self.dedup:  # de-duplicated sources differ per target
-            return self._shared("pretrain", choice)
-        return self.path("pretrain", choice)
+            return self._shared(*self._seed_dir(), "pretrain", choice)
+        return self.seeded("pretrain", choice)
 
     def grid_target(self, name: str) -> str:
         """A grid's per-target job (launch.grid)."""
@@ -147,18 +176,23 @@ class Workspace:
 
     @property
     def weights_json(self) -> str:
-        return self.path("weights", "weights.json")
+        return self.seeded("weights", "weights.json")
 
     @property
     def label_stats_json(self) -> str:
-        return self.path("weights", "label_stats.json")
+        return self.seeded("weights", "label_stats.json")
+
+    @property
+    def weights_model(self) -> str:
+        """Trainer work dir of Pt's own source model (weights.model / weights.pretrain): one per job."""
+        return self.path("weights", "model")
 
     def selected(self, method: str) -> str:
-        return self.path("selected", method)
+        return self.seeded("selected", method)
 
     def selection_scratch(self, method: str) -> str:
         """A method's own resumable intermediate files (example-level scores, ...)."""
-        return self.path("selected", "_scratch", method)
+        return self.seeded("selected", "_scratch", method)
 
     def plan_csv(self, method: str) -> str:
         return self.selected(method) + ".plan.csv"
@@ -181,35 +215,41 @@ class Workspace:
         """The fine-tuning grid's split of the target's training set: `train/` and `val/` (trainer.sweep)."""
         return self.path("finetune", "_grid_split")
 
+    def _finetune_dir(self, choice: str) -> str:
+        if choice == RANDOM_INIT:  # no pre-training: one set of runs for every pre-training seed
+            return self.path("finetune", choice)
+        return self.seeded("finetune", choice)
+
     def finetune_grid_run(self, choice: str, learning_rate: float, weight_decay: float) -> str:
-        return self.path("finetune", choice, "grid", f"lr{learning_rate:g}_wd{weight_decay:g}")
+        return os.path.join(self._finetune_dir(choice), "grid", f"lr{learning_rate:g}_wd{weight_decay:g}")
 
     def finetune_grid_json(self, choice: str) -> str:
         """Every grid point's validation scores and the chosen (learning rate, weight decay)."""
-        return self.path("finetune", choice, "grid.json")
+        return os.path.join(self._finetune_dir(choice), "grid.json")
 
     def finetune(self, choice: str, seed: int) -> str:
-        return self.path("finetune", choice, f"seed_{seed}")
+        return os.path.join(self._finetune_dir(choice), f"seed_{seed}")
 
     def finetune_balanced(self, choice: str, seed: int) -> str:
         return os.path.join(self.finetune(choice, seed), "balanced")
 
     def induction(self, choice: str) -> str:
         """kNN induction accuracy of a pre-trained model's features on the target (report.induction)."""
-        return self.path("finetune", choice, "induction.json")
+        return self.seeded("finetune", choice, "induction.json")
 
     def test_metrics(self, choice: str, seed: int) -> str:
         return os.path.join(self.finetune(choice, seed), "test_metrics.json")
 
     @property
     def finetune_results(self) -> str:
-        return self.path("finetune", "results.json")
+        return self.seeded("finetune", "results.json")
 
     def launch_record(self, stamp: str) -> str:
         return self.path("launches", f"{stamp}.json")
 
     def marker(self, stage: str) -> str:
-        return self.path("stages", f"{stage}.json")
+        """A stage's completion marker; in a seed's view, that seed's part of a seeded stage."""
+        return self.seeded("stages", f"{stage}.json")
 
     @property
     def report_md(self) -> str:
@@ -230,4 +270,4 @@ class Workspace:
 
     @property
     def importance_weights_png(self) -> str:
-        return self.path("importance_weights.png")
+        return self.seeded("importance_weights.png")
