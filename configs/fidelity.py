@@ -22,17 +22,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = demo.get_config("demo")
     c.model = small_cnn.get_config()
     c.model.image_size = 32
-    c.model.stage_filters = (32, 64, 128)
+    c.model.stage_filters = (16, 32, 64)
     c.model.dropout_rate = 0.0
     for section in (c.pretrain, c.finetune):
         section.image_size = 32
-    c.pretrain.steps, c.pretrain.warmup_steps = 1000, 50
-    c.pretrain.checkpoint_every_steps = 500
+    c.pretrain.steps, c.pretrain.warmup_steps = 400, 40
+    c.pretrain.checkpoint_every_steps = 200
     c.pretrain.seeds = (0, 1, 2)
     c.finetune.steps, c.finetune.warmup_steps = 100, 10
 
     c.weights.model = small_cnn.get_config()
     c.weights.model.image_size = 32
+    c.weights.model.stage_filters = (16, 32, 64)
     c.weights.pretrain = ml_collections.ConfigDict({"steps": 3000, "checkpoint_every_steps": 1000})
 
     c.selection.methods = ("same", "uniform", "reverse")
