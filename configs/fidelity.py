@@ -30,6 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.pretrain.checkpoint_every_steps = 200
     c.pretrain.seeds = (0, 1, 2)
     c.finetune.steps, c.finetune.warmup_steps = 100, 10
+    # One fine-tuning point for every row (finetune.learning_rate): the demo's validation grid would
+    # triple the fine-tuning runs, and the rows compared here differ only in their pre-training data.
+    _no_grid(c)
 
     c.weights.model = small_cnn.get_config()
     c.weights.model.image_size = 32
@@ -47,6 +50,7 @@ def _tiny() -> ml_collections.ConfigDict:
     """The same flow on demo.py:tiny's data and model in seconds a run (tests/test_fidelity.py): two
     pre-training seeds, Pt from its own smaller source model trained longer than the rows."""
     c = demo.get_config("tiny")
+    _no_grid(c)
     c.pretrain.seeds = (0, 1)
     c.weights.model = ml_collections.ConfigDict(c.model.to_dict())
     c.weights.model.stage_filters = (8, 16)
@@ -55,3 +59,9 @@ def _tiny() -> ml_collections.ConfigDict:
     c.selection.uniform.top_k = 10
     c.report.induction = False
     return c
+
+
+def _no_grid(c: ml_collections.ConfigDict) -> None:
+    """One fine-tuning point for every row (`finetune.learning_rate` / `weight_decay`), no validation grid."""
+    for prefix in ("", "random_init_"):
+        c.finetune_sweep[prefix + "learning_rates"], c.finetune_sweep[prefix + "weight_decays"] = (), ()

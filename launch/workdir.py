@@ -60,7 +60,8 @@ SEEDED_STAGES = ("pretrain_source", "weights", "select", "pretrain_selected", "f
 def pretrain_seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
     """`pretrain.seeds`: the pre-training seeds every pre-trained row is trained with (each in its own
     `pretrain_seed_<p>/`); empty (the default): one run per row with `pretrain.seed`, at the top level."""
-    return tuple(int(s) for s in config.pretrain.get("seeds", ()))
+    section = config.get("pretrain")
+    return tuple(int(s) for s in section.get("seeds", ())) if section is not None else ()
 
 
 @dataclasses.dataclass(frozen=True)

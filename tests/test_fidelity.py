@@ -127,8 +127,9 @@ def test_dry_run_lists_the_pt_model_and_every_seed(tmp_path):
     names = [r["run"] for r in plan["runs"]]
     assert "weights/model" in names and "pretrain_seed_1/pretrain/entire_source" in names
     assert "pretrain_seed_1/pretrain/uniform" in names
-    random_init = [n for n in names if "random_init" in n]
+    random_init = [n for n in names if "random_init/seed_" in n]
     assert random_init == ["finetune/random_init/seed_0", "finetune/random_init/seed_1"]
+    assert "pretrain_seed_1/finetune/same/seed_1" in names
     assert next(r for r in plan["runs"] if r["run"] == "weights/model")["steps"] == 8
 
 
