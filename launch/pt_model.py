@@ -28,7 +28,7 @@ def own_model(config: ml_collections.ConfigDict) -> bool:
 
 def model_config(config: ml_collections.ConfigDict, num_classes: int) -> ml_collections.ConfigDict:
     """The model config of Pt's source model, over the source's `num_classes` labels."""
-    base = config.weights.get("model") or {}
+    base = config.weights.get("model") or ml_collections.ConfigDict()
     model = ml_collections.ConfigDict((base if len(base) else config.model).to_dict())
     model.num_classes = num_classes
     return model

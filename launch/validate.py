@@ -154,7 +154,7 @@ def _check_pt_model(config: ml_collections.ConfigDict) -> None:
 
     if not pt_model.own_model(config):
         return
-    model = config.weights.get("model") or {}
+    model = config.weights.get("model") or ml_collections.ConfigDict()
     if len(model):
         _check(config, {"weights.model.name": one_of(tuple(registry.model_names()))})
         min_size = registry.min_image_size(model.name)
