@@ -348,11 +348,15 @@ def write_report(config: ml_collections.ConfigDict, ws: workdir.Workspace) -> di
     target = config.data.target_name
     choices = {c.name: c for c in workdir.selection_choices(config)}
     listed = workdir.pretraining_choices(config)  # JSON keys come back sorted
-    by_seed = {
-        p: atomic.read_json(top.for_pretrain_seed(p).finetune_results) for p in (seeds or (config.pretrain.seed,))
-    }
-    by_seed = {p: {c: results[c] for c in listed if c in results} for p, results in by_seed.items()}
-    all_rows = seeded_rows(by_seed, target) if seeds else results_rows(next(iter(by_seed.values())), target)
+
+    def results_of(view: workdir.Workspace) -> dict[str, list[dict]]:
+        results = atomic.read_json(view.finetune_results)
+        return {c: results[c] for c in listed if c in results}
+
+    if seeds:
+        all_rows = seeded_rows({p: results_of(top.for_pretrain_seed(p)) for p in seeds}, target)
+    else:
+        all_rows = results_rows(results_of(top), target)
     select_summary = (
         atomic.read_json(ws.marker("select"))["summary"] if epath.Path(ws.marker("select")).exists() else {}
     )
