@@ -17,22 +17,23 @@ on the 25 Greek labels (mean max softmax 0.08); at T = 1, 42% (0.31), and 20 of 
 by w are Greek (13 at T = 2). With the rows' own 400-step model at T = 2 (the paper's way) Pt is flat
 (README, "Fidelity").
 
-Expected result (report.csv, 2026-11-30, this 2-core machine shared with other jobs; the run reused
-the source without dedup, see README): top-1 % mean over pre-training seeds (std over pre-training
-seeds; per seed 0 / 1 / 2):
+Expected result (report.csv, 2026-11-30, this 2-core machine shared with other jobs, dedup on; Pt's
+model was reused from a run on the source before dedup, which holds 169 more images, 0.9%): top-1 %,
+mean over pre-training seeds (std over pre-training seeds; per seed 0 / 1 / 2):
 
-    entire source     14.71 (0.59)  15.47 / 14.03 / 14.63
-    same (top 50)     17.56 (0.96)  18.37 / 16.20 / 18.10
-    uniform (top 50)  16.67 (0.68)  17.60 / 16.00 / 16.40
-    reverse (top 50)  16.96 (0.98)  17.00 / 15.73 / 18.13
+    entire source     15.93 (0.87)  17.17 / 15.30 / 15.33
+    same (top 50)     17.79 (1.04)  19.17 / 17.53 / 16.67
+    uniform (top 50)  17.62 (0.48)  18.30 / 17.20 / 17.37
+    reverse (top 50)  16.99 (0.57)  17.13 / 16.23 / 17.60
     random init       10.40
 
-Finding 1 holds beyond the pre-training-seed spread (same - entire = 2.85 > 0.96); Table 6's order
-does not (same > reverse > uniform, within the spread). Time: the stages took 51.5 min on this machine
-at load average 15-19 (prepare 101 s, dedup 970 s, Pt's model 927 s, entire-source rows 269 s, select
-23 s, selected rows 362 s, 39 fine-tuning runs 430 s); each process got 17-24% of a core (its CPU time
-over its wall time), so on 2 quiet cores about 10-12 min. Bit for bit on the same processor and
-software; another processor's XLA code may differ in the last bits, which training can amplify.
+Finding 1 holds beyond the pre-training-seed spread (same - entire = 1.86 > 1.04) and at each seed;
+Table 6's order holds in the means (same > uniform > reverse) but within the spread. Time: the stages
+take about 51 min on this machine at load average 15-19 (prepare 101 s, dedup 970 s, Pt's model 927 s,
+entire-source rows 216 s, select 17 s, selected rows 255 s, 39 fine-tuning runs 205 s); each process
+got 17-24% of a core (its CPU time over its wall time), so on 2 quiet cores about 10-12 min. Bit for
+bit on the same processor and software; another processor's XLA code may differ in the last bits,
+which training can amplify (not measured on a second machine).
 """
 
 from __future__ import annotations
