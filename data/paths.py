@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from typing import Literal
 
 import numpy as np
@@ -68,3 +69,20 @@ def np_load(path: str, mmap_mode: Literal["r+", "r", "w+", "c"] | None = None):
     if not is_url(path):
         return np.load(path, mmap_mode=mmap_mode)
     return np.load(io.BytesIO(epath.Path(path).read_bytes()))
+
+
+def wait_for(files: list[str], timeout_s: float = 24 * 3600.0) -> None:
+    """Polls until every path exists: files that other processes write to the shared work dir.
+
+    Multi-process phases (selection writes, scoring passes) hand work over through files rather
+    than a collective, so a process that finished early needs no open connection to the others.
+    """
+    deadline = time.monotonic() + timeout_s
+    pending = [p for p in files if not epath.Path(p).exists()]
+    delay = 0.05
+    while pending:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f}s for {len(pending)} file(s), e.g. {pending[0]}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+        pending = [p for p in pending if not epath.Path(p).exists()]

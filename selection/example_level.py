@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from data import atomic, manifest, records
+from data import atomic, manifest, paths, records
 from selection import domain_classifier as domain_lib
 from selection import emd_similarity, scoring
 from selection import kmeans_filter as kmeans_lib
@@ -97,7 +97,7 @@ def _is_writer() -> bool:
 def _write_set(directory: str, examples: list[records.Example], label_names: list[str]) -> None:
     """One-shard set; the manifest goes last, so an existing manifest means a complete set."""
     if not _is_writer():
-        scoring.wait_for([os.path.join(directory, manifest.MANIFEST_NAME)])
+        paths.wait_for([os.path.join(directory, manifest.MANIFEST_NAME)])
         return
     epath.Path(directory).mkdir(parents=True, exist_ok=True)
     path = os.path.join(directory, "data-00000-of-00001.tfrecord")

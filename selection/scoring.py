@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -112,19 +111,6 @@ def _process_split(process_index: int | None, process_count: int | None) -> tupl
     return process_index, process_count
 
 
-def wait_for(files: list[str], timeout_s: float = 24 * 3600.0) -> None:
-    """Polls until every path exists (files another process writes to the shared work dir)."""
-    deadline = time.monotonic() + timeout_s
-    pending = [p for p in files if not epath.Path(p).exists()]
-    delay = 0.05
-    while pending:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s:.0f}s for {len(pending)} file(s), e.g. {pending[0]}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 2.0)
-        pending = [p for p in pending if not epath.Path(p).exists()]
-
-
 def _sharded_pass(
     source_dir: str,
     out_dir: str,
@@ -141,7 +127,7 @@ def _sharded_pass(
     for s in range(pindex, len(source.files), pcount):
         if not epath.Path(files[s]).exists():
             atomic.write_npz(files[s], **per_shard(source.files[s]))
-    wait_for(files, wait_timeout_s)
+    paths.wait_for(files, wait_timeout_s)
     return files
 
 

@@ -45,7 +45,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -108,19 +107,6 @@ def _load_scan(path: str, sha: str, index_dir: str) -> ShardScan:
     scan = scan_shard(path)
     atomic.write_npz(cache, **dataclasses.asdict(scan))
     return scan
-
-
-def _wait_for(files: list[str], timeout_s: float) -> None:
-    """Polls until every path exists: the other processes' finished phase outputs."""
-    deadline = time.monotonic() + timeout_s
-    pending = [p for p in files if not epath.Path(p).exists()]
-    delay = 0.05
-    while pending:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s:.0f}s for {len(pending)} file(s), e.g. {pending[0]}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 2.0)
-        pending = [p for p in pending if not epath.Path(p).exists()]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -521,18 +507,18 @@ def write_selected(
     owned = list(range(process_index, num_sources, process_count))
 
     _phase_scan(job, owned)
-    _wait_for([job.summary_path(s) for s in range(num_sources)], wait_timeout_s)
+    paths.wait_for([job.summary_path(s) for s in range(num_sources)], wait_timeout_s)
     alloc = global_allocation(job, _load_summaries(job, num_sources))
     for s in owned:
         _phase_spill(job, alloc, s)
-    _wait_for([job.spill_paths(s)[3] for s in range(num_sources)], wait_timeout_s)
+    paths.wait_for([job.spill_paths(s)[3] for s in range(num_sources)], wait_timeout_s)
 
     num_out = len(alloc.sizes)
     out_paths = job.output_paths(num_out)
     for k in range(num_out * process_index // process_count, num_out * (process_index + 1) // process_count):
         if not epath.Path(out_paths[k]).exists():
             _phase_assemble(job, k, alloc.bounds, num_sources, out_paths[k])
-    _wait_for(out_paths, wait_timeout_s)
+    paths.wait_for(out_paths, wait_timeout_s)
 
     if process_index == 0:
         stats = []
@@ -541,5 +527,5 @@ def write_selected(
                 stats.append({key: z[key] for key in ("draws", "unique", "label_copies")})
         finish(job, alloc, stats)
     else:
-        _wait_for([manifest_path], wait_timeout_s)
+        paths.wait_for([manifest_path], wait_timeout_s)
     return manifest.load_manifest(out_dir, verify=False)
