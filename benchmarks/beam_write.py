@@ -23,15 +23,12 @@ import shutil
 import sys
 import time
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.selection_write import build_corpus, disk_bandwidth  # noqa: E402
+from benchmarks.selection_write import corpus_and_plan, disk_bandwidth  # noqa: E402
 from data import beam_runner, manifest  # noqa: E402
 from selection import beam_write, write  # noqa: E402
-from selection import plan as plan_lib  # noqa: E402
 
 
 def _digest(shard_set: manifest.ShardSet) -> list[str]:
@@ -50,25 +47,7 @@ def main() -> None:
     parser.add_argument("--dir", default="/tmp/beam_bench")
     args = parser.parse_args()
 
-    src = os.path.join(args.dir, "source")
-    if not os.path.exists(os.path.join(src, manifest.MANIFEST_NAME)):
-        start = time.perf_counter()
-        build_corpus(src, args.examples, args.shards, args.labels, args.payload)
-        print(f"built corpus in {time.perf_counter() - start:.0f} s")
-    source = manifest.load_manifest(src, verify=False)
-    corpus_bytes = sum(os.path.getsize(f) for f in source.files)
-    print(
-        f"corpus: {source.num_records:,} examples, {source.num_labels} labels, {len(source.files)} shards, "
-        f"{corpus_bytes / 1e6:.0f} MB ({corpus_bytes / source.num_records:.0f} B/record)"
-    )
-    rng = np.random.default_rng(1)
-    plan = plan_lib.same_distribution(
-        source.label_names,
-        np.asarray(source.label_counts),
-        rng.dirichlet(np.full(source.num_labels, 0.05)),
-        round(args.fraction * source.num_records),
-        num_examples=source.num_records,
-    )
+    source, plan, corpus_bytes = corpus_and_plan(args)
 
     results: dict[str, tuple[int, int, float]] = {}
     outputs = {}
@@ -84,12 +63,12 @@ def main() -> None:
         start = time.perf_counter()
         shard_set: manifest.ShardSet | None
         if workers is None:
-            shard_set = write.write_selected(src, plan, out, process_index=0, process_count=1, **kwargs)
+            shard_set = write.write_selected(source.directory, plan, out, process_index=0, process_count=1, **kwargs)
         else:
             config = beam_runner.default_config()
             config.direct_num_workers = workers
             config.direct_running_mode = "in_memory" if workers == 1 else "multi_processing"
-            shard_set = beam_write.write_selected(src, plan, out, beam_config=config, **kwargs)
+            shard_set = beam_write.write_selected(source.directory, plan, out, beam_config=config, **kwargs)
         wall = time.perf_counter() - start
         assert shard_set is not None  # one process: it writes the manifest
         out_bytes = sum(os.path.getsize(f) for f in shard_set.files)

@@ -90,6 +90,34 @@ print(time.perf_counter() - start, usage.ru_maxrss / 1024, usage.ru_utime + usag
 """
 
 
+def corpus_and_plan(args: argparse.Namespace) -> tuple[manifest.ShardSet, plan_lib.LabelPlan, int]:
+    """The benchmark corpus under `args.dir` (built once) and a JFT-like same-distribution plan over it.
+
+    Shared by this benchmark and benchmarks/beam_write.py, so both time writes of the same plan.
+    Returns the source shard set, the plan and the corpus size in bytes.
+    """
+    src = os.path.join(args.dir, "source")
+    if not os.path.exists(os.path.join(src, manifest.MANIFEST_NAME)):
+        start = time.perf_counter()
+        build_corpus(src, args.examples, args.shards, args.labels, args.payload)
+        print(f"built corpus in {time.perf_counter() - start:.0f} s")
+    source = manifest.load_manifest(src, verify=False)
+    corpus_bytes = sum(os.path.getsize(f) for f in source.files)
+    print(
+        f"corpus: {source.num_records:,} examples, {source.num_labels} labels, {len(source.files)} shards, "
+        f"{corpus_bytes / 1e6:.0f} MB ({corpus_bytes / source.num_records:.0f} B/record)"
+    )
+    rng = np.random.default_rng(1)
+    plan = plan_lib.same_distribution(
+        source.label_names,
+        np.asarray(source.label_counts),
+        rng.dirichlet(np.full(source.num_labels, 0.05)),
+        round(args.fraction * source.num_records),
+        num_examples=source.num_records,
+    )
+    return source, plan, corpus_bytes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--examples", type=int, default=2_000_000)
@@ -102,26 +130,7 @@ def main() -> None:
     parser.add_argument("--dir", default="/tmp/selection_bench")
     args = parser.parse_args()
 
-    src = os.path.join(args.dir, "source")
-    if not os.path.exists(os.path.join(src, manifest.MANIFEST_NAME)):
-        start = time.perf_counter()
-        build_corpus(src, args.examples, args.shards, args.labels, args.payload)
-        print(f"built corpus in {time.perf_counter() - start:.0f} s")
-    source = manifest.load_manifest(src, verify=False)
-    corpus_bytes = sum(os.path.getsize(f) for f in source.files)
-    print(
-        f"corpus: {source.num_records:,} examples, {source.num_labels} labels, {len(source.files)} shards, "
-        f"{corpus_bytes / 1e6:.0f} MB ({corpus_bytes / source.num_records:.0f} B/record)"
-    )
-
-    rng = np.random.default_rng(1)
-    plan = plan_lib.same_distribution(
-        source.label_names,
-        np.asarray(source.label_counts),
-        rng.dirichlet(np.full(source.num_labels, 0.05)),
-        round(args.fraction * source.num_records),
-        num_examples=source.num_records,
-    )
+    source, plan, corpus_bytes = corpus_and_plan(args)
     plan_path = os.path.join(args.dir, "plan.pkl")
     with open(plan_path, "wb") as handle:
         pickle.dump(plan, handle)
@@ -138,7 +147,9 @@ def main() -> None:
     for count, cache in [(1, "cold"), (1, "warm"), (args.processes, "warm")]:
         out = os.path.join(args.dir, f"out_p{count}")
         shutil.rmtree(out, ignore_errors=True)
-        script = _CHILD.format(root=ROOT, plan=plan_path, src=src, out=out, rps=args.records_per_shard, index=index_dir)
+        script = _CHILD.format(
+            root=ROOT, plan=plan_path, src=source.directory, out=out, rps=args.records_per_shard, index=index_dir
+        )
         start = time.perf_counter()
         procs = [
             subprocess.Popen([sys.executable, "-c", script, str(i), str(count)], stdout=subprocess.PIPE)
