@@ -66,6 +66,8 @@ def write_manifest(
     `sha256s`: the shards' digests when the writer computed them as it wrote (a distributed writer
     does, so the manifest step does not read the whole set back); otherwise read from disk.
     """
+    if len(label_counts) != len(label_names):  # a count belongs to each name, and to nothing else
+        raise ValueError(f"{directory}: {len(label_counts)} label counts for {len(label_names)} label names")
     if sha256s is None:
         sha256s = [sha256_file(f) for f in files]
     entries = [

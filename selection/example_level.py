@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from data import atomic, manifest, paths, records
+from data import atomic, manifest, paths, records, shards
 from selection import domain_classifier as domain_lib
 from selection import emd_similarity, scoring
 from selection import kmeans_filter as kmeans_lib
@@ -94,16 +94,21 @@ def _is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def _write_set(directory: str, examples: list[records.Example], label_names: list[str]) -> None:
-    """One-shard set; the manifest goes last, so an existing manifest means a complete set."""
+def _write_set(
+    directory: str,
+    examples: list[records.Example],
+    label_names: list[str],
+    hierarchy: dict[str, list[str]] | None = None,
+) -> None:
+    """A one-shard set through the one shard-set writer (`data.shards`: manifest last, so an existing
+    manifest means a complete set); process 0 writes it, the others wait for its manifest."""
     if not _is_writer():
         paths.wait_for([os.path.join(directory, manifest.MANIFEST_NAME)])
         return
-    epath.Path(directory).mkdir(parents=True, exist_ok=True)
-    path = os.path.join(directory, "data-00000-of-00001.tfrecord")
-    records.write_tfrecord(path, [records.encode_example(e) for e in examples])
-    counts = np.bincount([e.labels[0] for e in examples], minlength=len(label_names))
-    manifest.write_manifest(directory, [path], [len(examples)], label_names, counts.tolist())
+    encoded = [(records.encode_example(e), e.labels) for e in examples]
+    shards.write_shard_set(
+        directory, lambda _: encoded, num_shards=1, label_names=label_names, prefix="data", hierarchy=hierarchy
+    )
 
 
 def sample_source(source_dir: str, size: int, seed: int) -> list[records.Example]:
@@ -274,7 +279,8 @@ def domain_classifier_logistic(
         target = _features_of(target_dir, features, image_size, batch_size)
         sample_dir = os.path.join(work_dir, "source_sample")
         if not epath.Path(os.path.join(sample_dir, manifest.MANIFEST_NAME)).exists():
-            _write_set(sample_dir, sample_source(source_dir, len(target), seed), ["any"])
+            source = manifest.load_manifest(source_dir, verify=False)  # the sample keeps the source's labels
+            _write_set(sample_dir, sample_source(source_dir, len(target), seed), source.label_names, source.hierarchy)
         source_sample = _features_of(sample_dir, features, image_size, batch_size)
         classifier = domain_lib.fit_domain_classifier(source_sample, target, C=C, seed=seed)
         paths = scoring.score_source(

@@ -132,31 +132,16 @@ def _params(**fields) -> Callable[[], ml_collections.ConfigDict]:
 # Label-level methods (selection.plan holds the arithmetic). top_k 0: every label with w > 0.
 
 
-def _same(context: PlanContext) -> Selection:
-    w = _weights(context, "same")
-    top_k = int(context.params.top_k)
-    return Selection(
-        plan_lib.same_distribution(context.label_names, context.counts, None, context.size, top_k=top_k, weights=w)
-    )
+def _matcher(name: str, planner: Callable[..., plan_lib.LabelPlan]) -> Callable[[PlanContext], Selection]:
+    """A matcher's plan from w: `planner` (a `selection.plan` matcher) at `selection.size`, over the
+    top `selection.<name>.top_k` labels by w where the method has that parameter."""
 
+    def plan(context: PlanContext) -> Selection:
+        top_k = {"top_k": int(context.params.top_k)} if "top_k" in context.params else {}
+        weights = _weights(context, name)
+        return Selection(planner(context.label_names, context.counts, None, context.size, weights=weights, **top_k))
 
-def _elastic(context: PlanContext) -> Selection:
-    w = _weights(context, "elastic")
-    return Selection(plan_lib.elastic(context.label_names, context.counts, None, context.size, weights=w))
-
-
-def _uniform(context: PlanContext) -> Selection:
-    w = _weights(context, "uniform")
-    top_k = int(context.params.top_k)
-    return Selection(
-        plan_lib.uniform_top_k(context.label_names, context.counts, None, context.size, top_k=top_k, weights=w)
-    )
-
-
-def _reverse(context: PlanContext) -> Selection:
-    w = _weights(context, "reverse")
-    top_k = int(context.params.top_k)
-    return Selection(plan_lib.reverse(context.label_names, context.counts, None, context.size, top_k=top_k, weights=w))
+    return plan
 
 
 def _hierarchy(context: PlanContext) -> Selection:
@@ -172,10 +157,13 @@ def _weighted_loss(context: PlanContext) -> Selection:
     return Selection(plan_lib.weighted_source(context.label_names, context.counts, weights=w))
 
 
-register(Method("same", "Adaptive transfer (same-distribution matcher)", "label", _params(top_k=0), _same))
-register(Method("elastic", "Adaptive transfer (elastic matcher)", "label", _params(), _elastic))
-register(Method("uniform", "Uniform over top-k labels", "label", _params(top_k=0), _uniform))
-register(Method("reverse", "Reverse distribution", "label", _params(top_k=0), _reverse))
+for _name, _title, _planner, _defaults in (
+    ("same", "Adaptive transfer (same-distribution matcher)", plan_lib.same_distribution, _params(top_k=0)),
+    ("elastic", "Adaptive transfer (elastic matcher)", plan_lib.elastic, _params()),
+    ("uniform", "Uniform over top-k labels", plan_lib.uniform_top_k, _params(top_k=0)),
+    ("reverse", "Reverse distribution", plan_lib.reverse, _params(top_k=0)),
+):
+    register(Method(_name, _title, "label", _defaults, _matcher(_name, _planner)))
 register(
     Method(
         "hierarchy",

@@ -121,6 +121,10 @@ def test_domain_classifier_logistic_on_fixed_features(data):
     )
     assert _planted(result.plan) >= 9
     assert result.info["scoring_images"] == 120 + 40 + 40
+    # The source sample it fitted on: 40 source records under the source's own label names.
+    sample = manifest.load_manifest(str(root / "lr" / "source_sample"))
+    assert sample.num_records == 40 and sample.label_names == ["a", "b", "c", "d"]
+    assert len(sample.label_counts) == 4 and sum(sample.label_counts) == 40
 
 
 def test_kmeans_filter_with_a_target_trained_extractor_takes_planted_images(data):

@@ -19,6 +19,7 @@ throughput reference points; not measured on a TPU here).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -147,6 +148,28 @@ def experiment(
     c.report.induction = False
     c.hardware = hardware
     return c
+
+
+def paper_numbers(paper: Mapping[str, Sequence[float]]) -> str:
+    """Tables 3 and 4's numbers for a config's docstring: one line per row, one `target=value` per column
+    (the columns in `TARGETS`' order, which is the paper's)."""
+    return "\n".join(
+        f"    {row:<30} " + "  ".join(f"{t}={v}" for t, v in zip(TARGETS, values, strict=True))
+        for row, values in paper.items()
+    )
+
+
+def table_3_4(arg: str | None, *, model: str) -> ml_collections.ConfigDict:
+    """Tables 3 and 4's job (`arg` = TARGET[,SOURCE], default pets on the JFT-like source): the entire
+    source, the target's hierarchy subset, both matchers and random initialisation, for a v3-256 pod."""
+    target, source, _ = parse_arg(arg, "pets")
+    return experiment(
+        model=model,
+        target=target,
+        source=source,
+        methods_run=("hierarchy", "same", "elastic"),
+        hardware=tpu_v3(256),
+    )
 
 
 def tpu_v3(devices: int) -> ml_collections.ConfigDict:

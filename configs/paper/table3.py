@@ -45,19 +45,8 @@ PAPER = {  # row -> (birdsnap, pets, cars, aircraft, food, cifar10)
     "ImageNet - Adaptive Transfer": (76.6, 94.1, 92.1, 87.8, 88.9, 97.7),
     "Random Initialization": (75.2, 80.8, 92.1, 88.3, 86.4, 95.7),
 }
-TARGET_ORDER = ("birdsnap", "pets", "cars", "aircraft", "food", "cifar10")
-__doc__ += "\n".join(
-    f"    {row:<30} " + "  ".join(f"{t}={v}" for t, v in zip(TARGET_ORDER, values, strict=True))
-    for row, values in PAPER.items()
-)
+__doc__ += common.paper_numbers(PAPER)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    target, source, _ = common.parse_arg(arg, "pets")
-    return common.experiment(
-        model="inception_v3",
-        target=target,
-        source=source,
-        methods_run=("hierarchy", "same", "elastic"),
-        hardware=common.tpu_v3(256),
-    )
+    return common.table_3_4(arg, model="inception_v3")

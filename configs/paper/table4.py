@@ -43,19 +43,8 @@ PAPER = {  # row -> (birdsnap, pets, cars, aircraft, food, cifar10)
     "ImageNet - Adaptive Transfer": (80.7, 95.1, 93.5, 89.2, 91.5, 98.0),
     "Best published": (80.2, 94.3, 94.1, 92.9, 90.4, 98.5),
 }
-TARGET_ORDER = ("birdsnap", "pets", "cars", "aircraft", "food", "cifar10")
-__doc__ += "\n".join(
-    f"    {row:<30} " + "  ".join(f"{t}={v}" for t, v in zip(TARGET_ORDER, values, strict=True))
-    for row, values in PAPER.items()
-)
+__doc__ += common.paper_numbers(PAPER)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    target, source, _ = common.parse_arg(arg, "pets")
-    return common.experiment(
-        model="amoeba_net_b",
-        target=target,
-        source=source,
-        methods_run=("hierarchy", "same", "elastic"),
-        hardware=common.tpu_v3(256),
-    )
+    return common.table_3_4(arg, model="amoeba_net_b")
