@@ -36,6 +36,11 @@ MAX_PAIRS_REMOVED, MAX_PAIRS_KEPT = 6, 3
 FeaturesFn = Callable[[np.ndarray], np.ndarray]
 
 
+class RemovesEverything(ValueError):
+    """Every source image reached the thresholds: no source would be left to pre-train on. Raised
+    before anything is written, so the prepared source and an earlier output stay as they are."""
+
+
 @dataclasses.dataclass
 class DedupReport:
     """What removal did; stored under `extra["dedup"]` of the output manifest."""
@@ -330,6 +335,11 @@ def remove_near_duplicates(
     if len(sims) != source.num_records:
         raise RuntimeError(f"{source_dir}: featurised {len(sims)} of {source.num_records} records")
     remove = (sims >= threshold) & (chroma >= chroma_threshold)
+    if len(remove) and remove.all():
+        raise RemovesEverything(
+            f"it would remove all {len(remove)} source images as near-duplicates of the target "
+            f"(the least similar reaches {float(sims.min()):.3f})"
+        )
     removed_order = np.flatnonzero(remove)[np.argsort(sims[remove], kind="stable")][:MAX_PAIRS_REMOVED]
     kept_order = np.flatnonzero(~remove)[np.argsort(-sims[~remove], kind="stable")][:MAX_PAIRS_KEPT]
     shown: dict[int, str | None] = {int(i): None for i in [*removed_order, *kept_order]}

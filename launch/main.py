@@ -120,12 +120,16 @@ def main(argv: list[str]) -> int:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     if jax.process_index() == 0:
         record_launch(workdir, argv, config)
-    if config.get("grid") and config.grid.targets:
-        from launch import grid
+    try:
+        if config.get("grid") and config.grid.targets:
+            from launch import grid
 
-        grid.run_grid(config, workdir, selected)
-    else:
-        stages.run_pipeline(config, workdir, selected)
+            grid.run_grid(config, workdir, selected)
+        else:
+            stages.run_pipeline(config, workdir, selected)
+    except config_cli.ConfigError as err:  # a value only the data shows to be unusable (e.g. dedup's thresholds)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

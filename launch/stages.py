@@ -108,18 +108,26 @@ def stage_dedup(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     targets = [ws.target(s) for s in ("train", "validation", "test")]
     targets = [t for t in targets if epath.Path(t, manifest.MANIFEST_NAME).exists()]
     if jax.process_index() == 0:
-        report = dedup.remove_near_duplicates(
-            ws.prepared_source,
-            targets,
-            ws.source,
-            features_fn=dedup.FEATURES[config.dedup.features],
-            image_size=config.dedup.image_size,
-            threshold=config.dedup.threshold,
-            batch_size=config.dedup.batch_size,
-            verify=config.dedup.verify,
-            candidates=config.dedup.candidates,
-            chroma_threshold=config.dedup.chroma_threshold,
-        )
+        try:
+            report = dedup.remove_near_duplicates(
+                ws.prepared_source,
+                targets,
+                ws.source,
+                features_fn=dedup.FEATURES[config.dedup.features],
+                image_size=config.dedup.image_size,
+                threshold=config.dedup.threshold,
+                batch_size=config.dedup.batch_size,
+                verify=config.dedup.verify,
+                candidates=config.dedup.candidates,
+                chroma_threshold=config.dedup.chroma_threshold,
+            )
+        except dedup.RemovesEverything as err:
+            keys = f"'dedup.threshold' = {config.dedup.threshold}"
+            if config.dedup.verify:
+                keys += f" and 'dedup.chroma_threshold' = {config.dedup.chroma_threshold}"
+            raise config_cli.ConfigError(
+                f"config key(s) {keys}: {err}; raise them, or keep the source as prepared with dedup.enabled=False"
+            ) from None
         dedup.plot_pairs(report, ws.prepared_source, ws.dedup_pairs_png)
     _barrier("dedup written")
     report = manifest.load_manifest(ws.source, verify=False).extra["dedup"]

@@ -2,11 +2,14 @@
 
 import io
 import os
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
 
 from data import dedup, manifest, prepare, records
+from launch.workdir import Workspace
 
 
 def _smooth_image(seed: int) -> Image.Image:
@@ -131,3 +134,29 @@ def test_stage_defaults_remove_planted_near_duplicates_and_keep_the_rest(tmp_pat
             assert pair["source_id"] == "planted-" + pair["target_id"]
     dedup.plot_pairs(report, str(tmp_path / "source"), str(tmp_path / "pairs.png"))
     assert os.path.getsize(tmp_path / "pairs.png") > 1000
+
+
+def test_thresholds_that_remove_the_whole_source_stop_the_job_in_one_line(tmp_path):
+    """Through launch.main: nothing written for dedup, the prepared source kept, one line naming the keys."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [
+        sys.executable,
+        "-m",
+        "launch.main",
+        "--config=configs/demo.py:tiny",
+        f"--workdir={tmp_path}",
+        "--stages=prepare,dedup",
+        "--config.dedup.threshold=-1.0",
+        "--config.dedup.chroma_threshold=-1.0",
+    ]
+    env = dict(os.environ, PYTHONPATH=root)
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "'dedup.threshold' = -1.0" in errors[0] and "'dedup.chroma_threshold' = -1.0" in errors[0]
+    assert "remove all 316 source images" in errors[0]
+    ws = Workspace(str(tmp_path), dedup=True)
+    assert not os.path.exists(os.path.join(ws.source, manifest.MANIFEST_NAME))  # nothing half-written
+    assert not os.path.exists(ws.marker("dedup"))
+    assert manifest.load_manifest(ws.prepared_source).num_records == 316  # the prepared source is kept
