@@ -65,16 +65,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # triple the fine-tuning runs, and the rows compared here differ only in their pre-training data.
     _no_grid(c)
 
-    c.weights.model = small_cnn.get_config()
-    c.weights.model.image_size = 32
-    c.weights.model.stage_filters = (16, 32, 64)
-    c.weights.model.convs_per_stage = 2
-    c.weights.pretrain = ml_collections.ConfigDict({"steps": 2000, "checkpoint_every_steps": 500})
-    c.weights.temperature = 1.0
+    # Pt: the demo's own source model for Pt (configs/demo.py: the 2-conv ConvNet, 2,000 steps, T = 1).
 
     c.selection.methods = ("same", "uniform", "reverse")
     c.selection.size = 4000
-    for name in ("same", "uniform", "reverse"):
+    for name in ("uniform", "reverse"):  # the demo's same-distribution matcher already takes the top 50
         c.selection[name].top_k = 50
     return c
 

@@ -76,6 +76,17 @@ def test_fidelity_tiny_pretrain_seeds_and_own_pt_model(tmp_path):
     assert again.returncode == 0 and "running" not in again.stdout.replace("report: running", "")
     assert list(csv.DictReader(open(workdir / "report.csv"))) == rows
 
+    # A seed's view is the job run alone at that seed (README: the demo's three seeds come from one
+    # job with pretrain.seeds): `--config.pretrain.seed=1` gives seed 1's rows to the last bit.
+    alone = tmp_path / "alone"
+    command = [*command[:-1], f"--workdir={alone}", "--config.pretrain.seed=1", "--config.pretrain.seeds=()"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    alone_results = _json(alone / "finetune" / "results.json")
+    assert alone_results.keys() == per_seed[1].keys()
+    for choice, runs in per_seed[1].items():
+        assert [r["top1"] for r in alone_results[choice]] == [r["top1"] for r in runs], choice
+
 
 def test_seeded_rows_mean_and_both_spreads():
     def runs(*top1):
