@@ -82,6 +82,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.dropout_rate = 0.0
 
     c.pretrain = trainer_config.pretrain_config()
+    # Pre-training seeds: () = one run per row at pretrain.seed; e.g. (0, 1, 2) trains every row at each
+    # seed in one job (pretrain_seed_<p>/; one Pt, so the same selected sets) and reports both spreads.
+    c.pretrain.seeds = ()
     c.pretrain.global_batch_size = 16 if tiny else 32
     c.pretrain.steps = 6 if tiny else 1500  # Inception leaves the label prior only after ~500 steps here
     c.pretrain.warmup_steps = 2 if tiny else 50
