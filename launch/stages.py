@@ -192,8 +192,38 @@ def _pretrain(
     )
 
 
+def _train_pt_model(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
+    """Pt's own source model (`launch.pt_model`) on the entire source, once per job: resumable, and a
+    finished run returns at once (every pre-training seed reads it)."""
+    from trainer import train
+
+    source = manifest.load_manifest(ws.source, verify=False)
+    return train.train(
+        pt_model.run_config(config),
+        model_config=pt_model.model_config(config, source.num_labels),
+        train_dir=ws.source,
+        workdir=ws.weights_model,
+        stage_name="weights/model",
+    )
+
+
+def _source_run(config: ml_collections.ConfigDict, ws: Workspace, run: str) -> dict:
+    """One of the runs on the entire source: the entire-source row, or Pt's own model ("weights/model")."""
+    return (
+        _pretrain(config, ws, ENTIRE_SOURCE, ws.source, None) if run == ENTIRE_SOURCE else _train_pt_model(config, ws)
+    )
+
+
 def stage_pretrain_source(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
-    return _pretrain(config, ws, ENTIRE_SOURCE, ws.source, None)
+    """The entire-source row. With Pt's own source model, that model trains side by side with it where
+    cores allow (`concurrent_runs`): both read only the source, and the weights stage then finds it done."""
+    from trainer import train
+
+    pt_done = epath.Path(ws.weights_model, train.FINAL_NAME).exists()
+    if not pt_model.own_model(config) or pt_done:
+        return _pretrain(config, ws, ENTIRE_SOURCE, ws.source, None)
+    entire, _ = _concurrently(config, _source_run, [(config, ws, ENTIRE_SOURCE), (config, ws, "weights/model")])
+    return entire
 
 
 def _entire_source_model(config: ml_collections.ConfigDict, ws: Workspace) -> tuple:
@@ -211,18 +241,14 @@ def _pt_source_model(config: ml_collections.ConfigDict, ws: Workspace) -> tuple:
     or Pt's own source model (`launch.pt_model`: weights.model / weights.pretrain), trained here once
     per job on the entire source (resumable; a finished run is reused by every pre-training seed)."""
     from models import registry
-    from trainer import checkpoint, train
+    from trainer import checkpoint
 
     if not pt_model.own_model(config):
         return _entire_source_model(config, ws)
+    _train_pt_model(config, ws)  # done already where it trained beside the entire-source row
     source = manifest.load_manifest(ws.source, verify=False)
-    model_config = pt_model.model_config(config, source.num_labels)
-    run_config = pt_model.run_config(config)
-    train.train(
-        run_config, model_config=model_config, train_dir=ws.source, workdir=ws.weights_model, stage_name="weights/model"
-    )
-    model = registry.build_model(model_config)
-    return model, checkpoint.load_variables(ws.weights_model, use_ema=run_config.eval_with_ema)
+    model = registry.build_model(pt_model.model_config(config, source.num_labels))
+    return model, checkpoint.load_variables(ws.weights_model, use_ema=pt_model.run_config(config).eval_with_ema)
 
 
 def stage_weights(config: ml_collections.ConfigDict, ws: Workspace) -> dict:

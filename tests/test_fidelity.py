@@ -77,9 +77,11 @@ def test_fidelity_tiny_pretrain_seeds_and_own_pt_model(tmp_path):
     assert list(csv.DictReader(open(workdir / "report.csv"))) == rows
 
     # A seed's view is the job run alone at that seed (README: the demo's three seeds come from one
-    # job with pretrain.seeds): `--config.pretrain.seed=1` gives seed 1's rows to the last bit.
+    # job with pretrain.seeds): `--config.pretrain.seed=1` gives seed 1's rows to the last bit, with the
+    # runs side by side or one after another.
     alone = tmp_path / "alone"
     command = [*command[:-1], f"--workdir={alone}", "--config.pretrain.seed=1", "--config.pretrain.seeds=()"]
+    command.append("--config.concurrent_runs=2")  # and Pt's model trains beside the entire-source row
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     alone_results = _json(alone / "finetune" / "results.json")
