@@ -35,9 +35,10 @@ import numpy as np
 from etils import epath
 
 from data import atomic, manifest, paths, records, shards
-from selection import domain_classifier as domain_lib
-from selection import emd_similarity, scoring
-from selection import kmeans_filter as kmeans_lib
+from selection import scoring
+
+# The libraries behind the helper methods (scikit-learn, POT: about 2 s of import together) are
+# imported where a method runs, so that a job that selects none of them does not pay for them.
 
 DOMAIN_LABELS = ["source", "target"]
 RESULT_NAME = "result-{}.json"  # per selected size: the scores and helper networks serve every size
@@ -272,6 +273,7 @@ def domain_classifier_logistic(
 ) -> ExampleSelection:
     """Algorithm 2 with a logistic regression on `feature_model`'s features ((model, variables, image
     size), e.g. the entire-source model); no held-out split (the regression has few parameters)."""
+    from selection import domain_classifier as domain_lib
 
     def compute() -> ExampleSelection:
         model, variables, image_size = feature_model
@@ -317,6 +319,7 @@ def kmeans_filter(
     seed: int,
 ) -> ExampleSelection:
     """Algorithm 1 with a feature extractor trained on the target's labels; see the module doc."""
+    from selection import kmeans_filter as kmeans_lib
 
     def compute() -> ExampleSelection:
         model, variables, model_config, seen = _train_helper(
@@ -376,6 +379,8 @@ def emd_labels(
     batch_size: int,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Cui et al.'s label selection: (planned draws per source label, info); see the module doc."""
+    from selection import emd_similarity
+
     path = os.path.join(work_dir, RESULT_NAME.format(int(size)))
     if epath.Path(path).exists():
         raw = atomic.read_json(path)

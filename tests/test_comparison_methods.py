@@ -3,6 +3,7 @@ parameters are validated before any compute, and the tiny flow writes a shard se
 
 import os
 import re
+import shutil
 
 import pytest
 
@@ -67,11 +68,28 @@ def test_a_helper_networks_trainer_config_is_validated():
         validate.check_config(config)
 
 
+FIRST_STAGES = ["prepare", "dedup", "pretrain_source", "weights"]
+
+
+@pytest.fixture(scope="module")
+def first_stages(tmp_path_factory):
+    """The tiny demo's stages that no test here changes, run once: each test copies them into its work
+    dir (they are complete there, so its own run skips them) and runs the stages it is about."""
+    done = tmp_path_factory.mktemp("first_stages")
+    stages.run_pipeline(demo.get_config("tiny"), str(done), FIRST_STAGES)
+
+    def copy_to(workdir) -> str:
+        shutil.copytree(done, workdir, dirs_exist_ok=True)
+        return str(workdir)
+
+    return copy_to
+
+
 @pytest.mark.slow
-def test_tiny_flow_writes_a_shard_set_for_all_eleven_methods(tmp_path):
+def test_tiny_flow_writes_a_shard_set_for_all_eleven_methods(tmp_path, first_stages):
     config = demo.get_config("tiny")
     config.selection.methods = ALL
-    summaries = stages.run_pipeline(config, str(tmp_path), ["prepare", "dedup", "pretrain_source", "weights", "select"])
+    summaries = stages.run_pipeline(config, first_stages(tmp_path), [*FIRST_STAGES, "select"])
     ws = Workspace(str(tmp_path))
     select = summaries["select"]
     for name in ALL:
@@ -92,7 +110,7 @@ def test_tiny_flow_writes_a_shard_set_for_all_eleven_methods(tmp_path):
 
 
 @pytest.mark.slow
-def test_sequential_pretraining_continues_the_entire_source_model(tmp_path, capsys):
+def test_sequential_pretraining_continues_the_entire_source_model(tmp_path, capsys, first_stages):
     import numpy as np
 
     from trainer import checkpoint
@@ -101,9 +119,7 @@ def test_sequential_pretraining_continues_the_entire_source_model(tmp_path, caps
     config.selection.methods = ("random", "huh")
     config.pretrain_selected.init = "entire_source"
     config.pretrain_selected.steps = 2
-    summaries = stages.run_pipeline(
-        config, str(tmp_path), ["prepare", "dedup", "pretrain_source", "weights", "select", "pretrain_selected"]
-    )
+    summaries = stages.run_pipeline(config, first_stages(tmp_path), [*FIRST_STAGES, "select", "pretrain_selected"])
     ws = Workspace(str(tmp_path))
     out = capsys.readouterr().out
     assert f"[pretrain/random] initialised from {ws.pretrain('entire_source')}" in out
@@ -119,17 +135,13 @@ def test_sequential_pretraining_continues_the_entire_source_model(tmp_path, caps
 
 
 @pytest.mark.slow
-def test_long_tail_fine_tuning_second_stage_on_a_balanced_target_subset(tmp_path, capsys):
+def test_long_tail_fine_tuning_second_stage_on_a_balanced_target_subset(tmp_path, capsys, first_stages):
     config = demo.get_config("tiny")
     config.selection.methods = ("random",)
     config.finetune.seeds = (0,)
     config.finetune_balanced.steps = 2
     config.finetune_balanced.per_class = 1
-    stages.run_pipeline(
-        config,
-        str(tmp_path),
-        ["prepare", "dedup", "pretrain_source", "weights", "select", "pretrain_selected", "finetune"],
-    )
+    stages.run_pipeline(config, first_stages(tmp_path), [*FIRST_STAGES, "select", "pretrain_selected", "finetune"])
     ws = Workspace(str(tmp_path))
     balanced = manifest.load_manifest(ws.balanced_target)
     assert balanced.num_records == 25 and set(balanced.label_counts) == {1}  # one image of each class
@@ -155,7 +167,7 @@ def test_info_nce_known_answer():
 
 
 @pytest.mark.slow
-def test_contrastive_pretraining_of_a_selected_set(tmp_path):
+def test_contrastive_pretraining_of_a_selected_set(tmp_path, first_stages):
     from trainer import checkpoint
 
     config = demo.get_config("tiny")
@@ -164,9 +176,7 @@ def test_contrastive_pretraining_of_a_selected_set(tmp_path):
     config.pretrain_selected.objective = "contrastive"
     validate.check_config(config)
     summaries = stages.run_pipeline(
-        config,
-        str(tmp_path),
-        ["prepare", "dedup", "pretrain_source", "weights", "select", "pretrain_selected", "finetune"],
+        config, first_stages(tmp_path), [*FIRST_STAGES, "select", "pretrain_selected", "finetune"]
     )
     ws = Workspace(str(tmp_path))
     run = summaries["pretrain_selected"]["random"]

@@ -11,6 +11,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from data import manifest
 from tests.test_real_data import CLASSES, SOURCE_LABELS, write_config, write_csv_source, write_folder_target
 
@@ -27,6 +29,7 @@ sys.exit(main.main(argv))
 """
 
 
+@pytest.mark.slow
 def test_job_with_data_and_workdir_on_a_bucket(tmp_path):
     fake_root = tmp_path / "gcs"
     bucket = fake_root / "bucket"

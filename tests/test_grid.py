@@ -35,6 +35,7 @@ def _launch(workdir):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_embedded_grid_two_targets_four_rows(tmp_path):
     workdir = tmp_path / "grid"
     out = _launch(workdir)

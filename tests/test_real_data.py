@@ -1,6 +1,7 @@
 """Jobs on data from where users keep it: an image-folder target, a multi-label CSV source, a TFDS target.
 
-Each test writes the data, a config file (the tiny demo with `data.kind = "external"`) and runs
+Each test writes the data, a config file (the tiny demo with `data.kind = "external"`, one
+fine-tuning run a row) and runs
 `python -m launch.main` on it end to end, then checks what the prepare stage made of the data and that
 the report exists.
 """
@@ -71,6 +72,11 @@ def write_config(path, source: dict, target: dict, dedup: bool = True) -> str:
             c.data.target = sides.side_config(**{target!r})
             c.selection.size = 40
             c.dedup.enabled = {dedup!r}
+            # These jobs test the data path: one fine-tuning run a row and a one-point grid (still
+            # trained on the carved split and scored on validation) cost half the tiny demo's tail.
+            c.finetune.seeds = (0,)
+            c.finetune_sweep.learning_rates = (1e-3,)
+            c.finetune_sweep.random_init_learning_rates = (3e-3,)
             return c
         """)
     )
@@ -95,6 +101,7 @@ def _ids(shard_set) -> list[str]:
     return [records.decode_example(r).example_id.decode() for f in shard_set.files for r in records.iter_records(f)]
 
 
+@pytest.mark.slow
 def test_folder_target_and_multilabel_csv_source_end_to_end(tmp_path):
     write_folder_target(tmp_path / "target")
     tree = write_csv_source(tmp_path / "source")
@@ -151,6 +158,7 @@ def tfds_dir(tmp_path_factory):
     return tfds_testlib.build(tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_tfds_target_end_to_end(tmp_path, tfds_dir):
     """A TFDS dataset built offline (no registered builder in the job's process) as the target."""
     shards_dir = tmp_path / "prepared_source"
