@@ -6,7 +6,9 @@ The demo's data (configs/demo.py: 251 source labels, the 25 Greek-letter target)
 methods of `selection.methods` selecting `selection.size` examples (the sized ones; `hierarchy`,
 `weighted_loss` and `huh` are subsets of their own size), every pre-trained row the same number of
 steps, three fine-tuning seeds. The model is the small ConvNet at the glyphs' 32 px, so the whole
-table fits a CPU session; `--config.model=...` overrides are the way to the paper models. The report's
+table fits a CPU session; `--config.model=...` overrides are the way to the paper models. Pt comes from
+the demo's own source model (configs/demo.py) and the same-distribution matcher takes the demo's top 50
+labels; the README's table below predates both (commit fdf4cb0: Pt from the rows' model). The report's
 "Methods compared at one budget" section and report.csv hold the table (README, "Comparing methods").
 """
 

@@ -185,7 +185,10 @@ class Workspace:
 
     @property
     def weights_model(self) -> str:
-        """Trainer work dir of Pt's own source model (weights.model / weights.pretrain): one per job."""
+        """Trainer work dir of Pt's own source model (weights.model / weights.pretrain): one per job, and
+        one per grid where the targets share the source (dedup off), as the entire-source model."""
+        if not self.dedup:
+            return self._shared("weights", "model")
         return self.path("weights", "model")
 
     def selected(self, method: str) -> str:

@@ -91,3 +91,15 @@ def test_grid_dry_run_counts_the_shared_source_model_once():
     )
     assert len([n for n in names if "/pretrain/" in n]) == 2 * 2  # same and elastic per target
     assert len([n for n in names if "/seed_" in n]) == 2 * 4 * 2  # 4 rows x 2 seeds per target
+
+
+def test_grid_targets_share_the_source_models_only_with_a_shared_source(tmp_path):
+    """Without dedup the targets train on one source: its entire-source model and Pt's own source model
+    are trained once, at the grid's root; with dedup each target's source differs, and so do they."""
+    root, target = str(tmp_path), str(tmp_path / "targets" / "a")
+    shared = Workspace(target, dedup=False, shared=root)
+    assert shared.weights_model == os.path.join(root, "weights", "model")
+    assert shared.pretrain("entire_source") == os.path.join(root, "pretrain", "entire_source")
+    own = Workspace(target, dedup=True, shared=root)
+    assert own.weights_model == os.path.join(target, "weights", "model")
+    assert own.pretrain("entire_source") == os.path.join(target, "pretrain", "entire_source")

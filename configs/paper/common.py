@@ -129,6 +129,7 @@ def experiment(
     c.weights = ml_collections.ConfigDict(dict(temperature=2.0, batch_size=1024))
 
     c.selection.methods = methods_run
+    c.selection.same.top_k = 0  # the paper's matcher over every label (the demo's takes the top 50)
     c.selection.size = s["size"]
     c.selection.records_per_shard = 5000
     c.selection.hierarchy.ancestors = (subset_name(t.subset, source),)
