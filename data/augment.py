@@ -3,14 +3,17 @@
 Works on encoded bytes with PIL so that a JPEG can be decoded at a reduced scale (`draft`)
 when the crop is much larger than the output, which is what keeps low-resolution
 pre-training cheap on the host. Outputs are uint8 HxWx3; `to_float` maps them to [-1, 1]
-(the models' input range) at the end of the pipeline, so worker processes ship 4x fewer bytes.
+(the models' input range): training batches stay uint8 up to the device and the train step maps them
+there (4x fewer bytes from workers and to the device); evaluation batches are mapped on the host.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -96,6 +99,14 @@ def eval_image(data: bytes, size: int, fraction: float = DEFAULT_CENTRAL_FRACTIO
     return crop_resize(image, central_box(*image.size, fraction), size)
 
 
-def to_float(images: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] -> float32 [-1, 1]."""
-    return images.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
+# uint8 -> float32 [-1, 1] as a 256-entry table (x * 2/255 - 1 in float32): the same bits on the host
+# and on a device, where XLA may fuse the multiply and subtract into one FMA that rounds differently.
+_TO_FLOAT = np.arange(256, dtype=np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
+
+
+def to_float(images: Any) -> Any:
+    """uint8 [0, 255] -> float32 [-1, 1]: numpy in, numpy out; a jax array (or a tracer inside a jitted
+    step) in, a jax array out, with bit-identical values either way."""
+    if isinstance(images, np.ndarray):
+        return _TO_FLOAT[images]
+    return jnp.asarray(_TO_FLOAT)[images]

@@ -2,7 +2,8 @@
 
 Training: MapDataset.source(shard set) -> this process's contiguous slice of the index space ->
 global shuffle (reseeded each epoch) -> repeat -> decode + augment (threads, optionally worker
-processes) -> batch -> uint8 to float32 [-1, 1]. Every step is index based, so a grain iterator
+processes) -> batch, images left uint8 (the train step maps them to float32 [-1, 1] on the device,
+`augment.to_float`: a quarter of the bytes to move). Every step is index based, so a grain iterator
 state (a few integers) resumes the stream exactly. Evaluation: each process takes its slice in
 order, central crop, and pads its last batches (`mask` False) so that every process yields the
 same number of batches and every example is seen exactly once.
@@ -205,7 +206,9 @@ def train_iterator(
     second_view: bool = False,
 ) -> grain.DatasetIterator:
     """Per-process training batches {image, label, labels, weight}; `get_state`/`set_state` resume exactly.
-    `second_view` (with `augment`) adds "image2", a second augmentation of each image (contrastive).
+    Images are uint8 (`augment.to_float` gives the models' float32 [-1, 1]; the train step applies it on
+    the device). `second_view` (with `augment`) adds "image2", a second augmentation of each image
+    (contrastive).
 
     Deterministic for (seed, worker_count), and the same global batches for any process count. `verify`
     checks the manifest's
@@ -236,8 +239,7 @@ def train_iterator(
         )
     if skip_corrupt:
         it = it.filter(_keep)
-    it = it.batch(per_process, drop_remainder=True).map(_to_float)
-    return iter(it)
+    return iter(it.batch(per_process, drop_remainder=True))
 
 
 def _padding(n: int, image_size: int, num_classes: int) -> Batch:

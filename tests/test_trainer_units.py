@@ -166,6 +166,24 @@ def test_ema_tracks_tf_formula():
     assert not np.allclose(state.ema_params["head"]["kernel"], state.params["head"]["kernel"])
 
 
+def test_uint8_batches_are_normalised_on_device_exactly_as_on_the_host():
+    """The training pipeline ships uint8 images; the step maps them to [-1, 1] on the device with the
+    same bits as the host mapping, so a step on uint8 equals a step on the host-converted batch."""
+    from data import augment
+
+    pixels = np.arange(256, dtype=np.uint8)
+    np.testing.assert_array_equal(np.asarray(jax.jit(augment.to_float)(pixels)), augment.to_float(pixels))
+    np.testing.assert_array_equal(augment.to_float(pixels), pixels.astype(np.float32) * np.float32(2 / 255) - 1)
+    c = tiny_config(config_lib.pretrain_config(), ema_decay=0.9)
+    step, state, it = _step_setup(c, SmallCNN())
+    batch = next(it)
+    raw = dict(batch, image=np.random.RandomState(0).randint(0, 256, batch["image"].shape).astype(np.uint8))
+    on_device, m_device = step(state, raw)
+    on_host, m_host = step(state, dict(raw, image=augment.to_float(raw["image"])))
+    assert float(m_device["loss"]) == float(m_host["loss"])
+    jax.tree.map(np.testing.assert_array_equal, on_device.params, on_host.params)
+
+
 def test_aux_loss_is_weighted_in():
     c = tiny_config(config_lib.pretrain_config(), label_smoothing=0.0, ema_decay=0.0)
     model = SmallCNN(aux_head=True)

@@ -17,12 +17,20 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from data import augment
 from models.registry import ModelOutputs
 from trainer import losses
 from trainer.state import TrainState, ema_decay_at, update_ema
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+
+
+def _images(batch: Batch, key: str) -> jax.Array:
+    """The batch's images as the models take them: uint8 ones (the training pipeline's, a quarter of
+    the bytes to move to the device) mapped to float32 [-1, 1] here, on the device."""
+    images = batch[key]
+    return augment.to_float(images) if images.dtype == jnp.uint8 else images
 
 
 def _freeze_backbone(params: dict) -> dict:
@@ -60,16 +68,17 @@ def make_train_step(
             variables = {"params": _freeze_backbone(params) if frozen else params, "batch_stats": state.batch_stats}
             rngs = {"dropout": dropout_key, "drop_path": drop_path_key}
             if frozen:
-                outputs, new_stats = model.apply(variables, batch["image"], train=False, rngs=rngs), state.batch_stats
+                outputs = model.apply(variables, _images(batch, "image"), train=False, rngs=rngs)
+                new_stats = state.batch_stats
             else:
                 outputs, updates = model.apply(
-                    variables, batch["image"], train=True, rngs=rngs, mutable=["batch_stats"]
+                    variables, _images(batch, "image"), train=True, rngs=rngs, mutable=["batch_stats"]
                 )
                 new_stats = updates.get("batch_stats", state.batch_stats)
             outputs = cast(ModelOutputs, outputs)
             if contrastive:  # keys: the momentum encoder (the weight EMA) on the second view
                 key_variables = {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
-                key_outputs = cast(ModelOutputs, model.apply(key_variables, batch["image2"], train=False))
+                key_outputs = cast(ModelOutputs, model.apply(key_variables, _images(batch, "image2"), train=False))
                 keys = jax.lax.stop_gradient(key_outputs["logits"])
                 per_pair, hit = losses.info_nce(outputs["logits"], keys, temperature)
                 return losses.weighted_mean(per_pair, weights), (hit.astype(jnp.float32), new_stats)
