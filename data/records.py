@@ -89,6 +89,7 @@ _HEADER = struct.Struct("<QI")  # data length, masked crc32c of the length's 8 b
 _LENGTH = struct.Struct("<Q")
 _CRC = struct.Struct("<I")  # masked crc32c of the data (after it) or of the length (in the header)
 _FRAMING = _HEADER.size + _CRC.size  # bytes a record adds to its data
+Spans = tuple[np.ndarray, np.ndarray]  # (data start, data length) of each record of a file
 
 
 def frame_record(data: bytes) -> bytes:
@@ -137,10 +138,17 @@ def frame_records(datas: Sequence[bytes]) -> bytes:
     )
 
 
-def _record_spans(buf: bytes, path: str) -> tuple[np.ndarray, np.ndarray]:
+def record_spans(buf: bytes, path: str, known: Spans | None = None) -> Spans:
     """(data start, data length) of every record in a whole file's bytes; every header checked
-    (whole, length CRC) and the last record's data whole. The walk costs one unpack per record; the
-    header CRCs are checked for all records at once."""
+    (whole, length CRC) and the last record's data whole.
+
+    Without `known` the walk costs one unpack per record (the header CRCs are checked for all records
+    at once). `known` (the spans of an earlier walk of this file, e.g. a cached label index) is instead
+    checked against every header at once, with no per-record Python: the records must tile the file
+    exactly and each header must hold its length and that length's CRC. Any mismatch falls back to
+    the walk, which names the first bad record."""
+    if known is not None and _spans_match(buf, *known):
+        return np.asarray(known[0], np.int64), np.asarray(known[1], np.int64)
     heads: list[int] = []
     append, unpack_length = heads.append, _LENGTH.unpack_from
     pos, size = 0, len(buf)
@@ -148,9 +156,8 @@ def _record_spans(buf: bytes, path: str) -> tuple[np.ndarray, np.ndarray]:
         append(pos)
         pos += _FRAMING + unpack_length(buf, pos)[0]
     head = np.array(heads, np.int64)
-    raw = np.frombuffer(buf, np.uint8)[head[:, None] + np.arange(_HEADER.size)]
-    lengths = raw[:, :8].copy().view("<u8")[:, 0]
-    bad = np.flatnonzero(raw[:, 8:].copy().view("<u4")[:, 0] != _masked_crc_of_lengths(lengths))
+    lengths, crcs = _headers(buf, head)
+    bad = np.flatnonzero(crcs != _masked_crc_of_lengths(lengths))
     if len(bad):
         raise CorruptRecordError(path, int(bad[0]), "length CRC mismatch")
     if pos != size:  # a partial header, or the last record's data or CRC cut short
@@ -159,13 +166,39 @@ def _record_spans(buf: bytes, path: str) -> tuple[np.ndarray, np.ndarray]:
     return head + _HEADER.size, lengths.astype(np.int64)
 
 
-def read_records(path: str, indices: Iterable[int] | None = None) -> list[bytes]:
-    """The records at `indices` (all when None) of one TFRecord file, in that order, from one
-    sequential read. Every header is checked; the data CRC of each record returned."""
-    buf = epath.Path(path).read_bytes()
-    starts, lengths = _record_spans(buf, path)
+def _headers(buf: bytes, head: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (length, length CRC) fields of the headers at byte offsets `head`, as arrays."""
+    raw = np.frombuffer(buf, np.uint8)[head[:, None] + np.arange(_HEADER.size)]
+    return raw[:, :8].copy().view("<u8")[:, 0], raw[:, 8:].copy().view("<u4")[:, 0]
+
+
+def _spans_match(buf: bytes, starts: np.ndarray, lengths: np.ndarray) -> bool:
+    """Whether (starts, lengths) are exactly this file's records: they tile it, and every header
+    holds its length with a matching CRC."""
+    starts, lengths = np.asarray(starts, np.int64), np.asarray(lengths, np.int64)
+    if len(starts) == 0 or len(starts) != len(lengths):
+        return len(buf) == 0 and len(starts) == len(lengths)
+    head, ends = starts - _HEADER.size, starts + lengths + _CRC.size
+    if head[0] != 0 or ends[-1] != len(buf) or np.any(head[1:] != ends[:-1]) or np.any(lengths < 0):
+        return False
+    stored, crcs = _headers(buf, head)
+    return bool(np.array_equal(stored, lengths) and np.array_equal(crcs, _masked_crc_of_lengths(stored)))
+
+
+def records_at(buf: bytes, spans: Spans, path: str, indices: Iterable[int] | None = None) -> list[bytes]:
+    """The records at `indices` (all when None) of a file's bytes with these spans (`record_spans`),
+    in that order, each one's data CRC checked."""
+    starts, lengths = spans
     chosen = range(len(starts)) if indices is None else indices
     return [_checked_data(buf, int(starts[i]), int(lengths[i]), path, int(i)) for i in chosen]
+
+
+def read_records(path: str, indices: Iterable[int] | None = None, spans: Spans | None = None) -> list[bytes]:
+    """The records at `indices` (all when None) of one TFRecord file, in that order, from one
+    sequential read. Every header is checked (against `spans` when given: see `record_spans`); the
+    data CRC of each record returned."""
+    buf = epath.Path(path).read_bytes()
+    return records_at(buf, record_spans(buf, path, spans), path, indices)
 
 
 def _data_length(buf: bytes, pos: int, path: str, index: int) -> int:

@@ -62,12 +62,15 @@ CONFIG_NAME = "write_config.json"
 
 @dataclasses.dataclass(frozen=True)
 class ShardScan:
-    """Labels (CSR) and ids of one source shard's records, in record order."""
+    """Labels (CSR) and ids of one source shard's records, in record order, and the records' spans
+    in the file (`records.record_spans`: a later read checks them at once instead of walking)."""
 
     offsets: np.ndarray
     labels: np.ndarray
     id_offsets: np.ndarray
     id_blob: np.ndarray
+    starts: np.ndarray
+    lengths: np.ndarray
 
     @property
     def num_records(self) -> int:
@@ -77,12 +80,18 @@ class ShardScan:
         blob = self.id_blob.tobytes()
         return [blob[a:b] for a, b in zip(self.id_offsets[:-1], self.id_offsets[1:], strict=True)]
 
+    @property
+    def spans(self) -> records.Spans:
+        return self.starts, self.lengths
+
 
 def scan_shard(path: str) -> ShardScan:
-    """Labels and ids of every record (CRC checked; the image bytes are not decoded)."""
+    """Labels, ids and spans of every record (CRC checked; the image bytes are not decoded)."""
     offsets, labels, id_offsets, ids = [0], [], [0], []
     proto = tf_example_pb2.Example()
-    for index, data in enumerate(records.iter_records(path)):
+    buf = epath.Path(path).read_bytes()
+    starts, lengths = records.record_spans(buf, path)
+    for index, data in enumerate(records.records_at(buf, (starts, lengths), path)):
         proto.ParseFromString(data)
         feature = proto.features.feature
         if "image/label" not in feature or "image/id" not in feature:
@@ -96,14 +105,16 @@ def scan_shard(path: str) -> ShardScan:
         labels=np.array(labels, np.int64),
         id_offsets=np.array(id_offsets, np.int64),
         id_blob=np.frombuffer(b"".join(ids), np.uint8),
+        starts=starts,
+        lengths=lengths,
     )
 
 
 def _load_scan(path: str, sha: str, index_dir: str) -> ShardScan:
-    cache = os.path.join(index_dir, f"{os.path.basename(path)}.{sha[:16]}.npz")
+    cache = os.path.join(index_dir, f"{os.path.basename(path)}.{sha[:16]}.v2.npz")  # v2: with the spans
     if epath.Path(cache).exists():
         with paths.np_load(cache) as z:
-            return ShardScan(**{k: z[k] for k in ("offsets", "labels", "id_offsets", "id_blob")})
+            return ShardScan(**{f.name: z[f.name] for f in dataclasses.fields(ShardScan)})
     scan = scan_shard(path)
     atomic.write_npz(cache, **dataclasses.asdict(scan))
     return scan
@@ -236,7 +247,7 @@ def select_shard(job: Job, alloc: Allocation, s: int) -> SelectedShard:
             weight[i],
             None if job.remap is None else job.remap.record_labels(scan.labels[scan.offsets[i] : scan.offsets[i + 1]]),
         )
-        for i, data in zip(indices, records.read_records(job.source.files[s], indices), strict=True)
+        for i, data in zip(indices, records.read_records(job.source.files[s], indices, scan.spans), strict=True)
     }
     return SelectedShard(
         positions,

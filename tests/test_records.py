@@ -93,3 +93,36 @@ def test_batched_framing_and_selective_reads_match_the_one_record_framing(tmp_pa
     open(path, "wb").write(framed + b"\x00" * 5)
     with pytest.raises(records.CorruptRecordError, match="record 5001: truncated record header"):
         records.read_records(path)
+
+
+def test_known_spans_are_checked_at_once_and_fall_back_to_the_walk(tmp_path):
+    """`read_records(..., spans)` (a cached label index's spans) returns what the walk returns; spans
+    that do not describe the file (another file's, a damaged header) fall back to the walk and its
+    errors, so a stale cache can neither return wrong records nor hide corruption."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    datas = [rng.bytes(int(n)) for n in rng.integers(0, 300, 300)]
+    path = str(tmp_path / "a.tfrecord")
+    records.write_tfrecord(path, datas)
+    buf = open(path, "rb").read()
+    spans = records.record_spans(buf, path)
+    assert records.read_records(path, [5, 0, 299], spans) == [datas[5], datas[0], datas[299]]
+    other = str(tmp_path / "b.tfrecord")
+    records.write_tfrecord(other, datas[1:] + [b"x"])  # same size and count, shifted spans
+    for wrong in (records.record_spans(open(other, "rb").read(), other), (spans[0][:-1], spans[1][:-1])):
+        assert records.read_records(path, [7], wrong) == [datas[7]]
+        got = records.record_spans(buf, path, wrong)
+        np.testing.assert_array_equal(got[0], spans[0])
+        np.testing.assert_array_equal(got[1], spans[1])
+    offset = int(spans[0][120]) - 12
+    bad = bytearray(buf)
+    bad[offset + 9] ^= 0x01  # record 120's length CRC
+    open(path, "wb").write(bytes(bad))
+    with pytest.raises(records.CorruptRecordError, match=r"record 120: length CRC mismatch"):
+        records.read_records(path, [0], spans)
+    bad = bytearray(buf)
+    bad[int(spans[0][50]) + 1] ^= 0x01  # record 50's data
+    open(path, "wb").write(bytes(bad))
+    with pytest.raises(records.CorruptRecordError, match=r"record 50: data CRC mismatch"):
+        records.read_records(path, [50], spans)
