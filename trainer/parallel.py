@@ -57,6 +57,7 @@ class JitRunner:
         fsdp: bool,
         fsdp_min_size: int = 2**14,
         mesh: Mesh | None = None,
+        compiler_options: dict[str, Any] | None = None,
     ):
         self.mesh = mesh or data_mesh()
         self.state_sharding = state_shardings(abstract_state, self.mesh, fsdp, fsdp_min_size)
@@ -67,6 +68,7 @@ class JitRunner:
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=(self.state_sharding, replicated),
             donate_argnums=0,
+            compiler_options=compiler_options,
         )
 
     @property
@@ -164,12 +166,20 @@ def make_runner(
     abstract_state: Any,
     fsdp: bool,
     fsdp_min_size: int = 2**14,
+    compiler_options: dict[str, Any] | None = None,
 ):
-    """`step_factory(axis_name)` builds the step; pmap gets an axis name, jit gets None."""
+    """`step_factory(axis_name)` builds the step; pmap gets an axis name, jit gets None.
+    `compiler_options` (XLA options for the step's compile) apply under jit; pmap takes none."""
     if parallelism == "pmap":
         if fsdp:
             raise ValueError("fsdp needs parallelism='jit'")
         return PmapRunner(step_factory(PMAP_AXIS))
     if parallelism == "jit":
-        return JitRunner(step_factory(None), abstract_state, fsdp=fsdp, fsdp_min_size=fsdp_min_size)
+        return JitRunner(
+            step_factory(None),
+            abstract_state,
+            fsdp=fsdp,
+            fsdp_min_size=fsdp_min_size,
+            compiler_options=compiler_options,
+        )
     raise ValueError(f"parallelism must be one of {PARALLELISMS}, got {parallelism!r}")

@@ -51,6 +51,12 @@ HOST_SIDE_FIELDS = frozenset(
 )
 _CACHE_SIZE = 8  # distinct programs kept per process (a sweep visits many; each holds executables)
 _CHEAP_CPU_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# The train step on CPU: convolutions and matmuls on XLA's Eigen kernels instead of YNNPACK (jax 0.10's
+# default; Keras's step uses it). A profile of Inception-v3's step (299 px, batch 8) put half its op
+# time in YNNPACK's convolution kernel gradients; the 80 -> 192 3x3 stem convolution's kernel gradient
+# took 1,520 ms there against 156 ms on Eigen, its forward and both gradients 1,634 ms against 572 ms
+# (BENCHMARKS.md). Same program and numerics class (float32 GEMMs), another kernel library.
+_STEP_CPU_COMPILE = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,5 +110,6 @@ def _build(model: nn.Module, config_key: str, total_steps: int, warmup_steps: in
         abstract,
         bool(config.fsdp),
         int(config.fsdp_min_size),
+        _STEP_CPU_COMPILE if jax.default_backend() == "cpu" else None,
     )
     return Programs(init_variables, make_state, abstract, runner)
