@@ -51,12 +51,14 @@ HOST_SIDE_FIELDS = frozenset(
 )
 _CACHE_SIZE = 8  # distinct programs kept per process (a sweep visits many; each holds executables)
 _CHEAP_CPU_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-# The train step on CPU: convolutions and matmuls on XLA's Eigen kernels instead of YNNPACK (jax 0.10's
-# default; Keras's step uses it). A profile of Inception-v3's step (299 px, batch 8) put half its op
-# time in YNNPACK's convolution kernel gradients; the 80 -> 192 3x3 stem convolution's kernel gradient
-# took 1,520 ms there against 156 ms on Eigen, its forward and both gradients 1,634 ms against 572 ms
-# (BENCHMARKS.md). Same program and numerics class (float32 GEMMs), another kernel library.
+# The train step on CPU at large images: convolutions and matmuls on XLA's Eigen kernels instead of
+# YNNPACK (jax 0.10's default; Keras's step uses it). A profile of Inception-v3's step at 299 px, batch
+# 8 put half its op time in YNNPACK's convolution kernel gradients (the 80 -> 192 3x3 stem conv's:
+# 1,520 ms against 156 ms on Eigen); the step took 5.47 CPU-s against Keras's 6.98. At 75 px YNNPACK
+# is as fast (full width: 1.00 CPU-s per step against Keras's 1.00) or faster (the demo's width 0.25:
+# 0.142 against 0.148 CPU-s, and a 23% shorter compile), so small images keep it (BENCHMARKS.md).
 _STEP_CPU_COMPILE = {"xla_cpu_experimental_ynn_fusion_type": ""}
+_EIGEN_FROM_IMAGE_SIZE = 150  # px; between the measured 75 (YNNPACK) and 299 (Eigen)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +92,13 @@ def _compile_run_once(jitted: Any, *example_args: Any) -> Callable:
     return jitted.lower(*example_args).compile(compiler_options=_CHEAP_CPU_COMPILE)
 
 
+def _step_compiler_options(image_size: int) -> dict[str, Any] | None:
+    """XLA options for the train step: Eigen convolutions on CPU from `_EIGEN_FROM_IMAGE_SIZE` px."""
+    if jax.default_backend() == "cpu" and image_size >= _EIGEN_FROM_IMAGE_SIZE:
+        return _STEP_CPU_COMPILE
+    return None
+
+
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _build(model: nn.Module, config_key: str, total_steps: int, warmup_steps: int) -> Programs:
     config = ml_collections.ConfigDict(json.loads(config_key))
@@ -110,6 +119,6 @@ def _build(model: nn.Module, config_key: str, total_steps: int, warmup_steps: in
         abstract,
         bool(config.fsdp),
         int(config.fsdp_min_size),
-        _STEP_CPU_COMPILE if jax.default_backend() == "cpu" else None,
+        _step_compiler_options(int(config.image_size)),
     )
     return Programs(init_variables, make_state, abstract, runner)
