@@ -116,7 +116,12 @@ def _masked_crc_of_lengths(lengths: np.ndarray) -> np.ndarray:
     crc = np.full(len(data), 0xFFFFFFFF, np.uint32)
     for column in range(8):
         crc = _CRC32C_TABLE[(crc ^ data[:, column]) & 0xFF] ^ (crc >> 8)
-    crc ^= np.uint32(0xFFFFFFFF)
+    return _mask(crc ^ np.uint32(0xFFFFFFFF))
+
+
+def _mask(crc: np.ndarray) -> np.ndarray:
+    """`_masked_crc`'s masking of many CRC-32C values (uint32) at once."""
+    crc = np.asarray(crc, np.uint32)
     return ((crc >> 15) | (crc << 17)) + np.uint32(_MASK_DELTA)  # uint32 arithmetic wraps like & 0xFFFFFFFF
 
 
@@ -191,6 +196,42 @@ def records_at(buf: bytes, spans: Spans, path: str, indices: Iterable[int] | Non
     starts, lengths = spans
     chosen = range(len(starts)) if indices is None else indices
     return [_checked_data(buf, int(starts[i]), int(lengths[i]), path, int(i)) for i in chosen]
+
+
+def framed_with_suffixes(path: str, indices: np.ndarray, spans: Spans, suffixes: Sequence[bytes]) -> list[bytes]:
+    """`frame_record(record + suffix)` for the record at each of `indices` of one TFRecord file and the
+    suffix beside it, from one sequential read.
+
+    Every header is checked against `spans` (`record_spans`), and each chosen record's data CRC, in
+    `indices` order. The output's data CRC is carried from the source's, extended over the suffix
+    (CRC-32C runs left to right), so each record's data is hashed once, by one C call, and the framing
+    is built as arrays: the per-record Python is a few slices (benchmarks/selection_write.py)."""
+    buf = epath.Path(path).read_bytes()
+    starts, lengths = record_spans(buf, path, spans)
+    chosen = np.asarray(indices, np.int64).reshape(-1)
+    if len(chosen) != len(suffixes):
+        raise ValueError(f"{len(chosen)} records but {len(suffixes)} suffixes")
+    count = len(chosen)
+    begin, end = starts[chosen], starts[chosen] + lengths[chosen]
+    datas = list(map(buf.__getitem__, map(slice, begin.tolist(), end.tolist())))
+    crcs = np.fromiter(map(google_crc32c.value, datas), np.uint32, count)
+    stored = np.frombuffer(buf, np.uint8)[end[:, None] + np.arange(_CRC.size)].copy().view("<u4")[:, 0]
+    bad = np.flatnonzero(_mask(crcs) != stored)
+    if len(bad):
+        raise CorruptRecordError(path, int(chosen[bad[0]]), "data CRC mismatch")
+    sizes = lengths[chosen] + np.fromiter(map(len, suffixes), np.int64, count)
+    heads = np.empty(count, [("length", "<u8"), ("crc", "<u4")])
+    heads["length"], heads["crc"] = sizes, _masked_crc_of_lengths(sizes)
+    tails = _mask(np.fromiter(map(google_crc32c.extend, crcs.tolist(), suffixes), np.uint32, count))
+    head, tail = heads.tobytes(), tails.astype("<u4").tobytes()
+    pieces = [b""] * (4 * count)
+    pieces[0::4] = [head[i : i + _HEADER.size] for i in range(0, len(head), _HEADER.size)]
+    pieces[1::4] = datas
+    pieces[2::4] = suffixes
+    pieces[3::4] = [tail[i : i + _CRC.size] for i in range(0, len(tail), _CRC.size)]
+    blob = b"".join(pieces)
+    bounds = np.concatenate([[0], np.cumsum(sizes + _FRAMING)]).tolist()
+    return list(map(blob.__getitem__, map(slice, bounds[:-1], bounds[1:])))
 
 
 def read_records(path: str, indices: Iterable[int] | None = None, spans: Spans | None = None) -> list[bytes]:

@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from data import atomic, beam_runner, manifest, records
+from data import atomic, beam_runner, manifest
 from selection import huh_subsets, write
 from selection import plan as plan_lib
 
@@ -89,7 +89,7 @@ def _select(item: tuple[int, np.ndarray | None], job: write.Job, alloc: write.Al
     cuts = (np.flatnonzero(np.diff(shard_of)) + 1).tolist()
     for lo, hi in zip([0, *cuts], [*cuts, len(shard_of)], strict=True):
         if hi > lo:
-            yield int(shard_of[lo]), (selected.positions[lo:hi], selected.records[lo:hi])
+            yield int(shard_of[lo]), (selected.positions[lo:hi], selected.framed[lo:hi])
     yield beam.pvalue.TaggedOutput("stats", selected.stats)
 
 
@@ -103,7 +103,7 @@ def _write_shard(item: tuple[int, Sequence[tuple[np.ndarray, list[bytes]]]], job
     start, end = int(alloc.bounds[k]), int(alloc.bounds[k + 1])
     if not np.array_equal(positions[order], np.arange(start, end)):
         raise AssertionError(f"output shard {k}: got {len(pieces)} records, expected positions [{start}, {end})")
-    data = records.frame_records([pieces[i] for i in order.tolist()])
+    data = b"".join([pieces[i] for i in order.tolist()])  # the records come framed (`select_shard`)
     path = job.output_paths(len(alloc.sizes))[k]
     atomic.write_bytes(path, data)
     print(f"[beam] select: wrote {os.path.basename(path)} ({len(pieces)} records)", flush=True)  # progress

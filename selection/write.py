@@ -21,7 +21,7 @@ Phases (each resumable: a phase output that exists is complete, it was written a
    label the k examples with the smallest random keys (without replacement) or k uniform draws
    (with replacement). Copy number g (shards in order, records in order) goes to output position
    pi(g), pi a seeded Feistel bijection of [0, total): a global shuffle with O(1) state. The copies
-   of the shard, sorted by position, are spilled with their `image/weight`.
+   of the shard, sorted by position, are spilled framed, with their `image/weight`.
 2. assemble: output shard k holds positions [start_k, end_k) (sizes differ by at most one); it is
    gathered from every spill file (one contiguous range each), ordered by position and written
    atomically. Process 0 writes the manifest once every output shard exists, then removes the
@@ -157,11 +157,12 @@ class Job:
     def summary_path(self, s: int) -> str:
         return os.path.join(self.work, f"summary-{s:05d}.npz")
 
-    def spill_paths(self, s: int) -> tuple[str, str, str, str]:
-        """Spilled records, their output positions and byte offsets (.npy, memory-mapped by readers),
-        and the shard's statistics (.npz, written last: the spill is complete when it exists)."""
-        stem = os.path.join(self.work, f"spill-{s:05d}")
-        return f"{stem}.bin", f"{stem}.positions.npy", f"{stem}.offsets.npy", f"{stem}.stats.npz"
+    def spill_paths(self, s: int) -> tuple[str, str, str]:
+        """Spilled framed records; their output positions (row 0, then `Allocation.total`, above every
+        position) and byte offsets (row 1) as one .npy, memory-mapped by readers; the shard's
+        statistics (.npz, written last: the spill is complete when it exists)."""
+        stem = os.path.join(self.work, f"framed-{s:05d}")  # not `spill-`: those held unframed records
+        return f"{stem}.bin", f"{stem}.index.npy", f"{stem}.stats.npz"
 
     def scan(self, s: int) -> ShardScan:
         return _load_scan(self.source.files[s], self.shas[s], self.index_dir)
@@ -217,10 +218,12 @@ def global_allocation(job: Job, summaries: list) -> Allocation:
 
 @dataclasses.dataclass
 class SelectedShard:
-    """One source shard's copies, sorted by output position, as weighted records."""
+    """One source shard's copies, sorted by output position, as framed weighted records (a record's
+    copies share one bytes object)."""
 
     positions: np.ndarray
-    records: list[bytes]
+    framed: list[bytes]  # `records.frame_record` of each copy's weighted record
+    sizes: np.ndarray  # len(framed[i])
     stats: dict[str, np.ndarray]  # `allocation.shard_stats`
 
 
@@ -240,18 +243,23 @@ def select_shard(job: Job, alloc: Allocation, s: int) -> SelectedShard:
         raise AssertionError(f"shard {s}: {copies.sum()} copies, allocation says {alloc.totals[s]}")
     weight = weights_lib.example_weights(scan.offsets, scan.labels, job.label_weights, job.rule)
     record_of_copy, positions = allocation.copy_positions(copies, int(alloc.bases[s]), alloc.total, job.seed)
-    indices = np.flatnonzero(copies).tolist()
-    chosen = {
-        i: data
-        + allocation.weight_suffix(
-            weight[i],
-            None if job.remap is None else job.remap.record_labels(scan.labels[scan.offsets[i] : scan.offsets[i + 1]]),
-        )
-        for i, data in zip(indices, records.read_records(job.source.files[s], indices, scan.spans), strict=True)
-    }
+    indices = np.flatnonzero(copies)
+    if job.remap is None:  # one suffix per distinct weight
+        distinct, suffix_of = np.unique(weight[indices], return_inverse=True)
+        distinct_suffixes = [allocation.weight_suffix(w) for w in distinct.tolist()]
+        suffixes = [distinct_suffixes[j] for j in suffix_of.reshape(-1).tolist()]
+    else:
+        remap = job.remap
+        suffixes = [
+            allocation.weight_suffix(weight[i], remap.record_labels(scan.labels[scan.offsets[i] : scan.offsets[i + 1]]))
+            for i in indices.tolist()
+        ]
+    framed = records.framed_with_suffixes(job.source.files[s], indices, scan.spans, suffixes)
+    which = np.searchsorted(indices, record_of_copy)  # copy -> its record's place in `indices`
     return SelectedShard(
         positions,
-        [chosen[i] for i in record_of_copy],
+        [framed[j] for j in which.tolist()],
+        np.fromiter(map(len, framed), np.int64, len(framed))[which],
         allocation.shard_stats(
             attributed,
             scan.offsets,
@@ -402,7 +410,7 @@ def finish(job: Job, alloc: Allocation, stats: list[dict[str, np.ndarray]], sha2
         if entry.name.startswith(SHARD_NAME.split("-")[0]) and ".tmp" in entry.name:
             entry.unlink()
     if epath.Path(job.work).exists():
-        epath.Path(job.work).rmtree()
+        paths.remove_tree(job.work)
 
 
 def is_complete(job: Job) -> bool:
@@ -413,15 +421,15 @@ def is_complete(job: Job) -> bool:
 # The in-process writer
 
 
-def _phase_scan(job: Job, owned: list[int]) -> None:
+def _phase_scan(job: Job, owned: list[int], background: atomic.Background) -> None:
     for s in owned:
         if epath.Path(job.summary_path(s)).exists():
             continue
         summary = job.summary(s)
         if isinstance(summary, tuple):  # a label plan's (labels, counts)
-            atomic.write_npz(job.summary_path(s), labels=summary[0], counts=summary[1])
+            background.submit(atomic.write_npz, job.summary_path(s), labels=summary[0], counts=summary[1])
         else:
-            atomic.write_npz(job.summary_path(s), total=np.array(summary))
+            background.submit(atomic.write_npz, job.summary_path(s), total=np.array(summary))
 
 
 def _load_summaries(job: Job, num_shards: int) -> list:
@@ -432,39 +440,48 @@ def _load_summaries(job: Job, num_shards: int) -> list:
     return summaries
 
 
-def _phase_spill(job: Job, alloc: Allocation, s: int) -> None:
-    blob_path, positions_path, offsets_path, stats_path = job.spill_paths(s)
-    if epath.Path(stats_path).exists():
+def _phase_spill(job: Job, alloc: Allocation, s: int, background: atomic.Background) -> None:
+    if epath.Path(job.spill_paths(s)[2]).exists():
         return
     selected = select_shard(job, alloc, s)
-    byte_offsets = np.concatenate([[0], np.cumsum([len(p) for p in selected.records], dtype=np.int64)])
-    atomic.write_bytes(blob_path, b"".join(selected.records))
-    atomic.write_npy(positions_path, selected.positions)
-    atomic.write_npy(offsets_path, byte_offsets)
-    atomic.write_npz(stats_path, **selected.stats)
+    index = np.empty((2, len(selected.positions) + 1), np.int64)
+    index[0, :-1], index[0, -1] = selected.positions, alloc.total
+    index[1, 0] = 0
+    np.cumsum(selected.sizes, out=index[1, 1:])
+    background.submit(_write_spill, job.spill_paths(s), b"".join(selected.framed), index, selected.stats)
 
 
-def _phase_assemble(job: Job, k: int, bounds: np.ndarray, num_sources: int, path: str) -> None:
+def _write_spill(spill_paths: tuple[str, str, str], blob: bytes, index: np.ndarray, stats: dict) -> None:
+    """The spill's files in order: the statistics last, so a spill whose statistics exist is whole."""
+    blob_path, index_path, stats_path = spill_paths
+    atomic.write_bytes(blob_path, blob)
+    atomic.write_npy(index_path, index)
+    atomic.write_npz(stats_path, **stats)
+
+
+def _phase_assemble(
+    job: Job, k: int, bounds: np.ndarray, spills: list[np.ndarray], path: str, background: atomic.Background
+) -> None:
+    """Output shard k from the spills (`spills[s]`: source shard s's memory-mapped index): one
+    contiguous range of each, its framed records ordered by position and written at once."""
     start, end = int(bounds[k]), int(bounds[k + 1])
     positions: list[np.ndarray] = []
     pieces: list[bytes] = []
-    for s in range(num_sources):
-        blob_path, positions_path, offsets_path, _ = job.spill_paths(s)
-        spilled = paths.np_load(positions_path, mmap_mode="r")  # binary search touches a few pages only
-        lo, hi = np.searchsorted(spilled, [start, end])
+    for s, index in enumerate(spills):
+        lo, hi = np.searchsorted(index[0], [start, end])  # binary search: touches a few pages only
         if lo == hi:
             continue
-        positions.append(np.array(spilled[lo:hi]))
-        offsets = np.array(paths.np_load(offsets_path, mmap_mode="r")[lo : hi + 1])
-        with epath.Path(blob_path).open("rb") as handle:
+        positions.append(np.array(index[0, lo:hi]))
+        offsets = np.array(index[1, lo : hi + 1])
+        with epath.Path(job.spill_paths(s)[0]).open("rb") as handle:
             handle.seek(int(offsets[0]))
             chunk = handle.read(int(offsets[-1] - offsets[0]))
-        rel = offsets - offsets[0]
-        pieces.extend(chunk[a:b] for a, b in zip(rel[:-1], rel[1:], strict=True))
+        rel = (offsets - offsets[0]).tolist()
+        pieces.extend(map(chunk.__getitem__, map(slice, rel[:-1], rel[1:])))
     order = np.argsort(np.concatenate(positions)) if positions else np.zeros(0, np.int64)
     if len(order) != end - start:
         raise AssertionError(f"output shard {k}: gathered {len(order)} records, expected {end - start}")
-    records.write_tfrecord(path, (pieces[i] for i in order))
+    background.submit(atomic.write_bytes, path, b"".join(map(pieces.__getitem__, order.tolist())))
 
 
 def write_selected(
@@ -517,24 +534,30 @@ def write_selected(
     num_sources = len(job.source.files)
     owned = list(range(process_index, num_sources, process_count))
 
-    _phase_scan(job, owned)
-    paths.wait_for([job.summary_path(s) for s in range(num_sources)], wait_timeout_s)
-    alloc = global_allocation(job, _load_summaries(job, num_sources))
-    for s in owned:
-        _phase_spill(job, alloc, s)
-    paths.wait_for([job.spill_paths(s)[3] for s in range(num_sources)], wait_timeout_s)
+    with atomic.Background() as background:  # each phase's files are written while the next is computed
+        _phase_scan(job, owned, background)
+        background.wait()
+        paths.wait_for([job.summary_path(s) for s in range(num_sources)], wait_timeout_s)
+        alloc = global_allocation(job, _load_summaries(job, num_sources))
+        for s in owned:
+            _phase_spill(job, alloc, s, background)
+        background.wait()
+        paths.wait_for([job.spill_paths(s)[2] for s in range(num_sources)], wait_timeout_s)
 
-    num_out = len(alloc.sizes)
-    out_paths = job.output_paths(num_out)
-    for k in range(num_out * process_index // process_count, num_out * (process_index + 1) // process_count):
-        if not epath.Path(out_paths[k]).exists():
-            _phase_assemble(job, k, alloc.bounds, num_sources, out_paths[k])
+        num_out = len(alloc.sizes)
+        out_paths = job.output_paths(num_out)
+        mine = range(num_out * process_index // process_count, num_out * (process_index + 1) // process_count)
+        todo = [k for k in mine if not epath.Path(out_paths[k]).exists()]
+        if todo:
+            spills = [paths.np_load(job.spill_paths(s)[1], mmap_mode="r") for s in range(num_sources)]
+            for k in todo:
+                _phase_assemble(job, k, alloc.bounds, spills, out_paths[k], background)
     paths.wait_for(out_paths, wait_timeout_s)
 
     if process_index == 0:
         stats = []
         for s in range(num_sources):
-            with paths.np_load(job.spill_paths(s)[3]) as z:
+            with paths.np_load(job.spill_paths(s)[2]) as z:
                 stats.append({key: z[key] for key in ("draws", "unique", "label_copies")})
         finish(job, alloc, stats)
     else:
