@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from data import manifest, records
-from selection import allocation, methods, write
+from selection import allocation, huh_subsets, methods, write
 from selection import plan as plan_lib
 from selection import weights as weights_lib
 
@@ -231,3 +231,81 @@ def test_two_process_write_equals_one_process_write(source_dir, tmp_path, matche
     assert [os.path.basename(f) for f in one.files] == [os.path.basename(f) for f in two.files]
     assert [open(f, "rb").read() for f in one.files] == [open(f, "rb").read() for f in two.files]
     assert one.extra["realised"] == two.extra["realised"] and one.label_counts == two.label_counts
+
+
+def _per_record_framing(out_dir: str, source_dir: str, remap: huh_subsets.LabelRemap | None) -> list[bytes]:
+    """Each output shard's bytes as the per-record path framed them: the source record (found by id)
+    plus its weight suffix (and coarse labels under a remap), `records.frame_record` each."""
+    by_id = {
+        records.decode_example(data).example_id: data
+        for f in manifest.load_manifest(source_dir).files
+        for data in records.iter_records(f)
+    }
+    shards = []
+    for f in manifest.load_manifest(out_dir).files:
+        written = [records.decode_example(data) for data in records.iter_records(f)]
+        shards.append(
+            b"".join(
+                records.frame_record(
+                    by_id[e.example_id] + allocation.weight_suffix(e.weight, None if remap is None else e.labels)
+                )
+                for e in written
+            )
+        )
+    return shards
+
+
+@pytest.mark.parametrize("plan_kind", ["same", "examples", "remap"])
+def test_written_bytes_equal_the_per_record_framing(source_dir, tmp_path, plan_kind):
+    """The batched writer (CRC carried from the source record over the suffix, headers as arrays, framed
+    spills) writes, byte for byte, what framing each weighted record on its own gives: with-replacement
+    duplicates, example-plan copies, multi-label records and a label remap."""
+    remap = None
+    if plan_kind == "examples":
+        plan = {f"s{s}-{i}".encode(): 1 + (i % 3) for s in range(5) for i in range(0, 40, 2)}
+    else:
+        plan = make_label_plan(source_dir, "same", 260)  # with replacement: 260 copies of 200 records
+        if plan_kind == "remap":
+            remap = huh_subsets.LabelRemap(["even", "odd"], np.arange(len(LABELS)) % 2)
+    out = str(tmp_path / "out")
+    written = write.write_selected(
+        source_dir, plan, out, records_per_shard=70, seed=3, process_index=0, process_count=1, label_remap=remap
+    )
+    ids = [records.decode_example(d).example_id for f in written.files for d in records.iter_records(f)]
+    assert len(ids) > len(set(ids)) and len(written.files) > 1  # duplicates, several shards
+    assert [open(f, "rb").read() for f in written.files] == _per_record_framing(out, source_dir, remap)
+
+
+def test_corrupt_source_record_is_named_by_the_write(source_dir, tmp_path):
+    """A source record whose data no longer matches its CRC after the label index was cached (so the
+    warm write is the first to read it) stops the write with the file and the record."""
+    src = str(tmp_path / "src")
+    make_source(src, shards=2, per_shard=10)
+    index = str(tmp_path / "index")
+    plan = {f"s{s}-{i}".encode(): 1 for s in range(2) for i in range(10)}
+    write.write_selected(
+        src,
+        plan,
+        str(tmp_path / "a"),
+        records_per_shard=8,
+        seed=0,
+        process_index=0,
+        process_count=1,
+        label_index_dir=index,
+    )
+    path = manifest.load_manifest(src, verify=False).files[1]
+    spans = records.record_spans(open(path, "rb").read(), path)
+    blob = bytearray(open(path, "rb").read())
+    blob[int(spans[0][4]) + 3] ^= 0xFF  # a byte of record 4's data
+    open(path, "wb").write(bytes(blob))
+    with pytest.raises(records.CorruptRecordError, match=r"source-00001\.tfrecord: record 4: data CRC mismatch"):
+        write.write_selected(
+            src,
+            plan,
+            str(tmp_path / "b"),
+            records_per_shard=8,
+            seed=0,
+            process_index=0,
+            process_count=1,
+            label_index_dir=index,
+        )
