@@ -173,7 +173,11 @@ def record_spans(buf: bytes, path: str, known: Spans | None = None) -> Spans:
 
 def _headers(buf: bytes, head: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The (length, length CRC) fields of the headers at byte offsets `head`, as arrays."""
-    raw = np.frombuffer(buf, np.uint8)[head[:, None] + np.arange(_HEADER.size)]
+    data = np.frombuffer(buf, np.uint8)
+    if len(data) < _HEADER.size:
+        return np.zeros(0, np.uint64), np.zeros(0, np.uint32)
+    rows = np.lib.stride_tricks.as_strided(data, (len(data) - _HEADER.size + 1, _HEADER.size), (1, 1))
+    raw = rows[head]  # one 12-byte row per header: a row gather, not a gather per byte
     return raw[:, :8].copy().view("<u8")[:, 0], raw[:, 8:].copy().view("<u4")[:, 0]
 
 
