@@ -1,16 +1,20 @@
-"""Independent runs of a stage (selected-set pre-trainings, fine-tuning seeds) side by side on a
-single-host CPU job: one worker process per core, each pinned to its core.
+"""Independent runs of a stage (selected-set pre-trainings, fine-tuning seeds and grid points) side by
+side on a single-host CPU job: one worker process per core, each pinned to its core.
 
 A CPU run leaves cores idle (Python dispatch, the input pipeline, checkpoint writes, the many small
 ops XLA runs on one thread), so runs pinned one per core finish sooner than the same runs one after
 another on all cores, once a run is long enough to pay for its worker's start (imports, its own
 compiles: the sequential loop shares one compile between runs with the same programs). Each run is
-a pure function of its config, its work dir and the threads XLA gives it, and writes only its own
-directory. The threads matter: XLA's CPU code splits a large convolution over the cores it may use,
-so a run pinned to one core differs in the last bits from the same run on all cores (measured: the
-demo's Pt model, loss 1.178 against 1.195 after 2,000 steps); small models (the tiny demo) do not
-split and write the same files either way. Processes,
-not threads: orbax's checkpointing is not safe with two runs saving at once in one process.
+a pure function of its config and its work dir, and writes only its own directory.
+
+Side by side gives the same files as one after another, bit for bit. That needs care: XLA's CPU
+client sizes its thread pool from the cores the process may use when the backend starts, and a
+convolution split over 2 threads sums in another order than on 1 (measured: the demo's Pt model ends
+at loss 1.178 with a one-thread pool and 1.195 with two). A worker therefore starts its backend while
+it may still use every core, so its pool matches the parent's, and only then pins all its threads to
+its core. The pool's threads then take turns on that core (at the demo's Inception row the step took
+175 ms against 185-192 ms with a one-thread pool, beside another run; 154 ms alone on 2 cores).
+Processes, not threads: orbax's checkpointing is not safe with two runs saving at once in one process.
 
 Accelerator and multi-host jobs keep their runs sequential: there every run already uses every
 device, and a run is a collective over all processes.
@@ -44,13 +48,20 @@ def resolve_workers(requested: int, num_runs: int) -> int:
 
 
 def _init_worker(cores: Any, cache_dir: str | None) -> None:
-    """Pins the worker to the next free core (before JAX starts its CPU backend, which sizes its
-    thread pool from the affinity) and shares the parent's persistent compilation cache."""
-    os.sched_setaffinity(0, {cores.get()})
+    """Starts the worker's JAX backend with the parent's cores (so XLA's thread pool, and with it how
+    every op splits its work, is the parent's), then pins every thread of the worker to the next free
+    core; threads started later inherit the pin. Shares the parent's persistent compilation cache."""
     import jax
 
     if cache_dir:
         jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.devices()
+    core = cores.get()
+    for thread_id in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(thread_id), {core})
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
 
 
 def run_all(fn: Callable[..., T], calls: Sequence[tuple], workers: int, preload: Sequence[str] = ()) -> list[T]:

@@ -149,10 +149,10 @@ def run_facts(ws: workdir.Workspace) -> str:
         f"Machine: {cpu}, {os.cpu_count()} CPU core(s), JAX {jax.__version__} on {jax.default_backend()} "
         f"({jax.device_count()} device(s)). Wall time of the stages: {seconds / 60:.1f} min (summed over "
         "launches; a resumed stage counts its last launch). Every run is seeded and the input order is "
-        "deterministic, so the same machine type, core count, `concurrent_runs` and software give the same "
-        "numbers bit for bit. A run's floats depend on its threads (XLA's CPU code splits a convolution over "
-        "the cores it may use: a run pinned to one core beside another differs in the last bits from the same "
-        "run on all cores) and on the processor's instruction set; training can amplify such differences up "
+        "deterministic, so the same machine type, core count and software give the same numbers bit for bit, "
+        "whether a stage's runs went side by side or one after another (`concurrent_runs`). A run's floats "
+        "depend on the threads XLA starts with, one per usable core (its ops split their work over them), "
+        "and on the processor's instruction set; training can amplify such differences up "
         "to the seed spread reported here."
     )
 

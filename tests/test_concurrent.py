@@ -1,7 +1,11 @@
 """launch.concurrent: a stage's independent runs in pinned worker processes give the same results,
-in the same order, as the same runs one after another."""
+bit for bit and in the same order, as the same runs one after another."""
 
+import hashlib
+import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -38,6 +42,71 @@ def _train(workdir: str, seed: int) -> dict:
     )
     params = checkpoint.load_variables(workdir, use_ema=False)["params"]
     return {"loss": result["loss"], "kernel": np.asarray(params["head"]["kernel"]).tolist()}
+
+
+def _two_steps_digest() -> str:
+    """The parameters after two train steps of the demo's Pt ConvNet (two convolutions a stage, 32 px),
+    the trainer's own programs, as a digest: at this size XLA's CPU code splits ops over its threads."""
+    from configs.models import small_cnn
+    from models.registry import build_model
+    from trainer import config as config_lib
+    from trainer import programs
+
+    model_config = small_cnn.get_config()
+    model_config.image_size, model_config.stage_filters, model_config.convs_per_stage = 32, (16, 32, 64), 2
+    model_config.num_classes = 64
+    config = config_lib.pretrain_config()
+    config.global_batch_size, config.image_size, config.optimizer, config.parallelism = 32, 32, "adam", "jit"
+    progs = programs.programs_for(config, build_model(model_config), 100, 1)
+    runner = progs.runner
+    state = runner.put_state(
+        jax.device_get(progs.make_state(progs.init_variables(jax.random.PRNGKey(0)), jax.random.PRNGKey(1)))
+    )
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 64, 32)
+    batch = runner.put_batch(
+        {
+            "image": rng.integers(0, 256, (32, 32, 32, 3)).astype(np.uint8),
+            "label": labels.astype(np.int32),
+            "labels": np.eye(64, dtype=np.float32)[labels],
+            "weight": np.ones(32, np.float32),
+        }
+    )
+    for _ in range(2):
+        state, _ = runner.step(state, batch)
+    leaves = jax.device_get(jax.tree.leaves(state.params))
+    return hashlib.sha256(b"".join(np.asarray(leaf).tobytes() for leaf in leaves)).hexdigest()
+
+
+def _digests_in_and_beside() -> list[str]:
+    return [_two_steps_digest(), *concurrent.run_all(_two_steps_digest, [(), ()], 2)]
+
+
+def _in_fresh_process(function: str, pin: int | None = None) -> list[str]:
+    """`function`'s digests from a fresh interpreter with XLA's default CPU flags (the suite's fast-compile
+    flags turn off the optimisations under which ops split over threads), optionally pinned from the
+    start, as the workers were before they started JAX first."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run(
+        [sys.executable, "-c", f"import json, tests.test_concurrent as t; print(json.dumps(t.{function}()))"],
+        preexec_fn=None if pin is None else (lambda: os.sched_setaffinity(0, {pin})),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    result = json.loads(done.stdout.splitlines()[-1])
+    return result if isinstance(result, list) else [result]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores: on one, every run has one thread")
+def test_a_pinned_worker_computes_with_the_threads_of_a_run_on_every_core():
+    in_process, *side_by_side = _in_fresh_process("_digests_in_and_beside")
+    assert side_by_side == [in_process, in_process]
+    # A process that starts JAX already pinned (the workers before this fix) gets a one-thread pool and
+    # other floats: the comparison above means something on this machine.
+    assert _in_fresh_process("_two_steps_digest", pin=min(os.sched_getaffinity(0))) != [in_process]
 
 
 def test_workers_are_pinned_one_per_core_and_results_keep_order():
