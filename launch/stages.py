@@ -419,7 +419,7 @@ def stage_finetune(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
     target = manifest.load_manifest(ws.target("train"), verify=False)
     model_config = _model_config(config, target.num_labels)
     choices = pretraining_choices(config)
-    points = {choice: _finetune_point(config, ws, choice, model_config) for choice in choices}
+    points = _finetune_points(config, ws, choices, model_config)
     calls = [
         (config, ws, choice, int(seed), model_config, points[choice])
         for choice in choices
@@ -446,25 +446,33 @@ def finetune_grid(config: ml_collections.ConfigDict, choice: str) -> list[tuple[
     return [(float(lr), float(wd)) for lr in sweep[prefix + "learning_rates"] for wd in sweep[prefix + "weight_decays"]]
 
 
-def _finetune_point(
-    config: ml_collections.ConfigDict, ws: Workspace, choice: str, model_config: ml_collections.ConfigDict
-) -> dict:
-    """The fine-tuning point of a choice: each grid point trained on the target's training split less a
-    validation split carved from it (seeded, per class; or the prepared validation split when the data
-    has one) and scored on that validation split; the best validation top-1 wins (ties: the first).
-    Written to finetune/<choice>/grid.json; each grid run resumes from its checkpoints."""
+def _finetune_points(
+    config: ml_collections.ConfigDict, ws: Workspace, choices: list[str], model_config: ml_collections.ConfigDict
+) -> dict[str, dict]:
+    """The fine-tuning point of every choice: each grid point trained on the target's training split less
+    a validation split carved from it (seeded, per class; or the prepared validation split when the data
+    has one) and scored on that validation split; the best validation top-1 wins (ties: the first). All
+    choices' grid runs go side by side where cores allow; each resumes from its checkpoints, and a
+    choice's finetune/<choice>/grid.json, once written, is its answer."""
     import jax
 
-    from trainer import evaluate, sweep, train
+    from trainer import sweep
 
-    grid = finetune_grid(config, choice)
-    if not grid:
-        return {
-            "learning_rate": float(config.finetune.learning_rate),
-            "weight_decay": float(config.finetune.weight_decay),
-        }
-    if epath.Path(ws.finetune_grid_json(choice)).exists():
-        return atomic.read_json(ws.finetune_grid_json(choice))["chosen"]
+    points: dict[str, dict] = {}
+    pending = []
+    for choice in choices:
+        grid = finetune_grid(config, choice)
+        if not grid:
+            points[choice] = {
+                "learning_rate": float(config.finetune.learning_rate),
+                "weight_decay": float(config.finetune.weight_decay),
+            }
+        elif epath.Path(ws.finetune_grid_json(choice)).exists():
+            points[choice] = atomic.read_json(ws.finetune_grid_json(choice))["chosen"]
+        else:
+            pending.extend((choice, lr, wd) for lr, wd in grid)
+    if not pending:
+        return points
     if epath.Path(ws.target("validation"), manifest.MANIFEST_NAME).exists():
         grid_train, validation = ws.target("train"), ws.target("validation")
     else:
@@ -476,34 +484,52 @@ def _finetune_point(
         raise ValueError(
             f"the fine-tuning grid's validation split {validation} is empty: raise finetune_sweep.validation_fraction"
         )
-    points = []
-    for lr, wd in grid:
-        point_config = ml_collections.ConfigDict(config.finetune.to_dict())
-        point_config.seed = int(config.finetune.seeds[0])
-        point_config.learning_rate, point_config.weight_decay = lr, wd
-        run_dir = ws.finetune_grid_run(choice, lr, wd)
-        train.train(
-            point_config,
-            model_config=model_config,
-            train_dir=grid_train,
-            workdir=run_dir,
-            init_from=None if choice == RANDOM_INIT else ws.pretrain(choice),
-            stage_name=f"finetune_grid/{choice}/lr{lr:g}_wd{wd:g}",
-        )
-        scores = evaluate.evaluate(point_config, model_config=model_config, workdir=run_dir, data_dir=validation)
-        points.append(
-            {
-                "learning_rate": lr,
-                "weight_decay": wd,
-                "val_top1": scores["top1"],
-                "val_mean_per_class": scores["mean_per_class"],
-            }
-        )
-    best = max(points, key=lambda p: p["val_top1"])  # max keeps the first of equals
-    chosen = {"learning_rate": best["learning_rate"], "weight_decay": best["weight_decay"]}
-    if jax.process_index() == 0:
-        atomic.write_json(ws.finetune_grid_json(choice), {"points": points, "chosen": chosen, "validation": validation})
-    return chosen
+    calls = [(config, ws, choice, lr, wd, model_config, grid_train, validation) for choice, lr, wd in pending]
+    scored = _concurrently(config, _finetune_grid_run, calls)
+    for choice in dict.fromkeys(choice for choice, _, _ in pending):
+        runs = [point for (c, _, _), point in zip(pending, scored, strict=True) if c == choice]
+        best = max(runs, key=lambda p: p["val_top1"])  # max keeps the first of equals
+        points[choice] = {"learning_rate": best["learning_rate"], "weight_decay": best["weight_decay"]}
+        if jax.process_index() == 0:
+            atomic.write_json(
+                ws.finetune_grid_json(choice), {"points": runs, "chosen": points[choice], "validation": validation}
+            )
+    return {choice: points[choice] for choice in choices}
+
+
+def _finetune_grid_run(
+    config: ml_collections.ConfigDict,
+    ws: Workspace,
+    choice: str,
+    lr: float,
+    wd: float,
+    model_config: ml_collections.ConfigDict,
+    grid_train: str,
+    validation: str,
+) -> dict:
+    """One grid point of a choice's fine-tuning, trained at the first fine-tuning seed and scored on the
+    validation split."""
+    from trainer import evaluate, train
+
+    point_config = ml_collections.ConfigDict(config.finetune.to_dict())
+    point_config.seed = int(config.finetune.seeds[0])
+    point_config.learning_rate, point_config.weight_decay = lr, wd
+    run_dir = ws.finetune_grid_run(choice, lr, wd)
+    train.train(
+        point_config,
+        model_config=model_config,
+        train_dir=grid_train,
+        workdir=run_dir,
+        init_from=None if choice == RANDOM_INIT else ws.pretrain(choice),
+        stage_name=f"finetune_grid/{choice}/lr{lr:g}_wd{wd:g}",
+    )
+    scores = evaluate.evaluate(point_config, model_config=model_config, workdir=run_dir, data_dir=validation)
+    return {
+        "learning_rate": lr,
+        "weight_decay": wd,
+        "val_top1": scores["top1"],
+        "val_mean_per_class": scores["mean_per_class"],
+    }
 
 
 def balanced_steps(config: ml_collections.ConfigDict) -> int:

@@ -95,15 +95,28 @@ def test_tiny_demo_end_to_end_and_resume_after_kill(tmp_path):
     assert again.returncode == 0 and again.stdout.count("complete, skipped") == 8
 
     # Kill a fresh run with SIGKILL at its first checkpoint on the selected shards, the rerun at its
-    # first finished fine-tuning run, and run it a third time: the report is the uninterrupted one.
+    # first finished fine-tuning grid point, and run it a third time with the remaining grid points and
+    # the fine-tuning seeds side by side: the report is the uninterrupted, one-after-another one.
     killed = tmp_path / "killed"
     _kill_when(killed, cache, lambda: _has_step(killed / "pretrain" / "same" / "checkpoints"))
     assert not (killed / "stages" / "pretrain_selected.json").exists()
-    _kill_when(killed, cache, lambda: (killed / "finetune" / "entire_source" / "seed_0" / "test_metrics.json").exists())
-    assert not (killed / "report.csv").exists() and (killed / "stages" / "pretrain_selected.json").exists()
-    resumed = subprocess.run(_command(killed), cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=600)
+    first_point = killed / "finetune" / "entire_source" / "grid" / "lr0.001_wd0.0001" / "final.json"
+    _kill_when(killed, cache, first_point.exists)
+    assert not (killed / "finetune" / "entire_source" / "grid.json").exists()
+    assert (killed / "stages" / "pretrain_selected.json").exists()
+    resumed = subprocess.run(
+        [*_command(killed), "--config.concurrent_runs=2"],
+        cwd=ROOT,
+        env=_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "pretrain_selected: complete, skipped" in resumed.stdout
+    for choice in ("entire_source", "same", "elastic", "random_init"):
+        side_by_side, in_turn = (json.load(open(w / "finetune" / choice / "grid.json")) for w in (killed, straight))
+        assert (side_by_side["points"], side_by_side["chosen"]) == (in_turn["points"], in_turn["chosen"])
     assert _without_wall_times(killed / "report.csv") == _without_wall_times(straight / "report.csv")
 
 
