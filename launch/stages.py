@@ -459,7 +459,7 @@ def _finetune_points(
     from trainer import sweep
 
     points: dict[str, dict] = {}
-    pending = []
+    pending: list[tuple[str, float, float]] = []
     for choice in choices:
         grid = finetune_grid(config, choice)
         if not grid:
