@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.layers import ConvBN, Dtype, avg_pool, scaled_filters
+from models.layers import ConvBN, Dtype, avg_pool, max_pool, scaled_filters
 
 MIN_IMAGE_SIZE = 75
 FEATURE_DIM = 2048
@@ -61,7 +61,7 @@ class _Block(nn.Module):
 
 
 def _max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-    return nn.max_pool(x, (3, 3), (2, 2), padding="VALID")
+    return max_pool(x, (3, 3), (2, 2))
 
 
 def _avg_pool_3x3(x: jax.Array) -> jax.Array:

@@ -7,12 +7,14 @@ would silently change the numbers.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 BN_EPSILON = 1e-3
 
@@ -66,6 +68,64 @@ def batch_norm(
 def avg_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int], padding: str) -> jax.Array:
     """Average pool that, like TF, divides by the number of real (unpadded) pixels in each window."""
     return nn.avg_pool(x, tuple(window), tuple(strides), padding=padding, count_include_pad=False)
+
+
+def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int]) -> jax.Array:
+    """VALID max pool over NHWC `x`: the values and gradients of `nn.max_pool(x, window, strides,
+    "VALID")`, bit for bit (ties: the window's first maximum in row-major order takes the gradient),
+    from strided slices instead of a reduce-window.
+
+    Why: XLA lowers the reduce-window's gradient through a variadic reduce-window that records every
+    window's arg-max with four int32 iotas, then scatters; on CPU that was 10-11% of Inception-v3's
+    train step (op time, 75 and 299 px). Here the forward is the maximum of the window's strided
+    slices, and the backward picks each window's first maximal tap and pads the incoming gradient
+    back, all elementwise fusions: 3-4.5x less CPU than the reduce-window pair (BENCHMARKS.md).
+    """
+    return _max_pool(x, tuple(window), tuple(strides))
+
+
+def _window_taps(x: jax.Array, window: tuple[int, int], strides: tuple[int, int]) -> list[jax.Array]:
+    """The strided slice of `x` that each window position (row-major) sees, one per output pixel."""
+    (n, h, w, c), (sh, sw) = x.shape, strides
+    oh, ow = (h - window[0]) // sh + 1, (w - window[1]) // sw + 1
+    return [
+        lax.slice(x, (0, dy, dx, 0), (n, dy + (oh - 1) * sh + 1, dx + (ow - 1) * sw + 1, c), (1, sh, sw, 1))
+        for dy in range(window[0])
+        for dx in range(window[1])
+    ]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int]) -> jax.Array:
+    return functools.reduce(jnp.maximum, _window_taps(x, window, strides))
+
+
+def _max_pool_fwd(x, window, strides):
+    out = _max_pool(x, window, strides)
+    return out, (x, out)
+
+
+def _max_pool_bwd(window, strides, residuals, g):
+    x, out = residuals
+    taps = _window_taps(x, window, strides)
+    index = jnp.int8 if len(taps) <= 127 else jnp.int32
+    first = jnp.zeros(out.shape, index)  # each window's first maximal tap
+    for k in reversed(range(len(taps))):
+        first = jnp.where(taps[k] == out, index(k), first)
+    (_, h, w, _), (oh, ow), (sh, sw) = x.shape, out.shape[1:3], strides
+    zero = jnp.zeros((), g.dtype)
+    dx = jnp.zeros_like(x)
+    # Taps in reverse: an input pixel that is the maximum of several windows sums their gradients in
+    # the windows' row-major order, as XLA's scatter does, so the float sums match bit for bit.
+    for k in reversed(range(len(taps))):
+        dy, dxx = divmod(k, window[1])
+        rows = (dy, h - dy - (oh - 1) * sh - 1, sh - 1)
+        cols = (dxx, w - dxx - (ow - 1) * sw - 1, sw - 1)
+        dx = dx + lax.pad(jnp.where(first == k, g, zero), zero, [(0, 0, 0), rows, cols, (0, 0, 0)])
+    return (dx,)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class ConvBN(nn.Module):

@@ -143,3 +143,37 @@ def test_accepts_training_progress_like_amoeba_net():
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
     out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, progress=0.5), variables, images)
     assert out["logits"].shape == (1, 3)
+
+
+@pytest.mark.parametrize(
+    "shape, window, strides, dtype",
+    [
+        ((2, 15, 15, 3), (3, 3), (2, 2), jnp.float32),  # Inception's pool (odd size: every tap used)
+        ((2, 16, 11, 4), (3, 3), (2, 2), jnp.float32),  # even size: the last row left out
+        ((1, 9, 9, 2), (2, 3), (1, 2), jnp.float32),  # overlapping along rows, non-square
+        ((2, 15, 15, 3), (3, 3), (2, 2), jnp.bfloat16),
+    ],
+)
+def test_max_pool_equals_flax_max_pool_in_values_and_gradients_bit_for_bit(shape, window, strides, dtype):
+    """models.layers.max_pool (strided slices, custom gradient) against nn.max_pool (reduce-window):
+    the same values and the same input gradient, ties included (ReLU outputs: many zeros, and values
+    rounded to a few levels so windows tie at their maximum), under jit as the train step runs it."""
+    import flax.linen as nn
+    import numpy as np
+
+    from models.layers import max_pool
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(np.maximum(np.round(rng.standard_normal(shape) * 2), 0), dtype)
+    out_shape = jax.eval_shape(lambda v: nn.max_pool(v, window, strides, padding="VALID"), x).shape
+    g = jnp.asarray(rng.standard_normal(out_shape), dtype)
+
+    def value_and_vjp(pool):
+        out, vjp = jax.vjp(pool, x)
+        return out, vjp(g)[0]
+
+    ours = jax.jit(lambda: value_and_vjp(lambda v: max_pool(v, window, strides)))()
+    flax_ = jax.jit(lambda: value_and_vjp(lambda v: nn.max_pool(v, window, strides, padding="VALID")))()
+    assert float(jnp.mean(x == 0)) > 0.3 and bool(jnp.any(ours[1] != 0))
+    np.testing.assert_array_equal(np.asarray(ours[0], np.float32), np.asarray(flax_[0], np.float32))
+    np.testing.assert_array_equal(np.asarray(ours[1], np.float32), np.asarray(flax_[1], np.float32))
