@@ -251,3 +251,44 @@ def test_prefetch_to_device_with_sharding(tmp_path):
     batch = next(pipeline.prefetch_to_device(it, size=2, sharding=sharding))
     assert batch["image"].sharding == sharding and batch["image"].shape == (len(jax.devices()), 8, 8, 3)
     assert len(batch["label"].addressable_shards) == len(jax.devices())
+
+
+class _Counting:
+    """Batches {"i": k}; records the thread that produced each; raises at `fail_at`."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.position, self.fail_at = 0, fail_at
+        self.threads: list[str] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        if self.position == self.fail_at:
+            raise records.CorruptRecordError("shard", self.position, "bad crc")
+        self.position += 1
+        return {"i": np.array(self.position - 1)}
+
+    def get_state(self):
+        return {"position": self.position}
+
+    def set_state(self, state):
+        self.position = state["position"]
+
+
+def test_prefetcher_reads_in_its_thread_and_raises_errors_in_order():
+    inner = _Counting(fail_at=3)
+    prefetched = pipeline.Prefetcher(inner, size=2)
+    assert prefetched.get_state() == {"position": 0}
+    assert [int(next(prefetched)["i"]) for _ in range(3)] == [0, 1, 2]
+    assert prefetched.get_state() == {"position": 3}  # the consumer's position, not the read-ahead's
+    with pytest.raises(records.CorruptRecordError, match="bad crc"):
+        next(prefetched)
+    assert set(inner.threads) == {"prefetch"}  # the loop's thread never reads
+    prefetched.set_state({"position": 1})  # a resume: the thread restarts from there
+    inner.fail_at = None
+    assert [int(next(prefetched)["i"]) for _ in range(2)] == [1, 2]
+    prefetched.close()

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # imported lazily at run time (grain)
 
 FINAL_NAME = "final.json"
 _MAX_IN_FLIGHT = 3  # train steps the host may dispatch ahead of the device
+_PREFETCH = 2  # batches on the devices ahead of the step that takes them
 
 
 class _Preemption:
@@ -78,6 +79,8 @@ def fit(
 ) -> dict[str, Any]:
     """Trains `model` for `total_steps` on batches from `make_iterator()` (which must offer
     get_state/set_state); checkpoints, logs and writes `workdir/final.json`; returns its metrics."""
+    from data.pipeline import Prefetcher
+
     final_path = os.path.join(workdir, FINAL_NAME)
     if epath.Path(final_path).exists():
         return atomic.read_json(final_path)
@@ -86,7 +89,8 @@ def fit(
     init_key, state_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))
     runner, abstract = programs.runner, programs.abstract_state
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, every_steps=config.checkpoint_every_steps)
-    iterator = make_iterator()
+    # Batches are read, stacked and put on the devices in a background thread, `_PREFETCH` ahead.
+    iterator = Prefetcher(make_iterator(), size=_PREFETCH, transform=runner.put_batch)
     latest = ckpt.latest_step()
     if latest is not None:
         restored, iterator_state = ckpt.restore(latest, runner.restore_target(abstract))
@@ -121,7 +125,7 @@ def fit(
     try:
         with _Preemption() as preemption:
             while step < total_steps:
-                batch = runner.put_batch(window.next_input(iterator))
+                batch = window.next_input(iterator)
                 state, device_metrics = runner.step(state, batch)
                 step += 1
                 pending.append((step, device_metrics))
@@ -146,6 +150,7 @@ def fit(
                     raise SystemExit(128 + signal.SIGTERM)
         ckpt.wait()
     finally:
+        iterator.close()
         writer.close()
         ckpt.close()
     result = {
