@@ -362,6 +362,8 @@ class Prefetcher:
         self._stop.clear()
 
     def get_state(self) -> dict[str, Any]:
+        if self._state is None:
+            raise TypeError(f"{type(self._iterator).__name__} has no get_state: its position cannot be saved")
         return self._state
 
     def set_state(self, state: dict[str, Any]) -> None:
