@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from trainer import config as trainer_config
+
 
 def own_model(config: ml_collections.ConfigDict) -> bool:
     """Whether Pt comes from its own source model rather than the entire-source row's."""
@@ -39,9 +41,7 @@ def run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
     Trained on the entire source with an unweighted loss; `pretrain.seeds` (the rows' seeds) does not
     apply: its seed is `weights.pretrain.seed` if set, else `pretrain.seed`."""
-    run = ml_collections.ConfigDict(config.pretrain.to_dict())
-    if "seeds" in run:
-        del run["seeds"]
+    run = trainer_config.run_section(config.pretrain)
     overrides = config.weights.get("pretrain") or ml_collections.ConfigDict()
     run.update(overrides.to_dict())
     run.use_example_weights = False

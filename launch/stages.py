@@ -27,6 +27,7 @@ from launch.workdir import (
 )
 from selection import methods as methods_lib
 from selection import plan as plan_lib
+from trainer import config as trainer_config
 
 
 def select_stages(names: Sequence[str]) -> tuple[str, ...]:
@@ -148,9 +149,7 @@ def pretrain_run_config(config: ml_collections.ConfigDict, method: str | None) -
     Resampled (or subset) shards already follow the selection; weighting their loss too would apply
     w twice. Only a method whose shards are the source with weights (`weighted_loss`) weights it.
     """
-    run_config = ml_collections.ConfigDict(config.pretrain.to_dict())
-    if "seeds" in run_config:  # the job's seeds; a run has one (`seed`, or the seed's view's)
-        del run_config["seeds"]
+    run_config = trainer_config.run_section(config.pretrain)
     run_config.use_example_weights = method is not None and methods_lib.get(method).weighted_loss
     section = config.get("pretrain_selected")
     if method is not None and section is not None and section.get("objective", "supervised") == "contrastive":

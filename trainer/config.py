@@ -100,3 +100,12 @@ def finetune_config() -> ml_collections.ConfigDict:
     c.reinit_head = "always"
     c.checkpoint_every_steps = 1000
     return c
+
+
+def run_section(section: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of a job's trainer section (`pretrain`, ...) for one run: without `seeds`, the job's list
+    of seeds (a run has one, `seed`)."""
+    run = ml_collections.ConfigDict(section.to_dict())
+    if "seeds" in run:
+        del run["seeds"]
+    return run
