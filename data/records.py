@@ -16,6 +16,7 @@ google-crc32c, checked on every read.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import struct
 from collections.abc import Iterable, Iterator, Sequence
@@ -111,7 +112,24 @@ _CRC32C_TABLE = _crc32c_table()
 
 def _masked_crc_of_lengths(lengths: np.ndarray) -> np.ndarray:
     """`_masked_crc` of many 8-byte little-endian lengths at once: record headers are all 8 bytes, so
-    their CRCs vectorise over records (8 table steps on arrays) instead of one call per record."""
+    their CRCs vectorise over records (8 table steps on arrays) instead of one call per record;
+    lengths under 64 KiB (every small record) are one lookup in a table of them all."""
+    lengths = np.asarray(lengths, np.uint64)
+    if len(lengths) > 4096 and int(lengths.max(initial=0)) < _SMALL_LENGTHS:
+        return _small_length_crcs()[lengths.astype(np.intp)]
+    return _masked_crc_of_any_lengths(lengths)
+
+
+_SMALL_LENGTHS = 1 << 16
+
+
+@functools.cache
+def _small_length_crcs() -> np.ndarray:
+    """`_masked_crc_of_lengths` of every length below `_SMALL_LENGTHS` (256 KiB, computed once)."""
+    return _masked_crc_of_any_lengths(np.arange(_SMALL_LENGTHS, dtype=np.uint64))
+
+
+def _masked_crc_of_any_lengths(lengths: np.ndarray) -> np.ndarray:
     data = np.ascontiguousarray(lengths, "<u8").view(np.uint8).reshape(-1, 8)
     crc = np.full(len(data), 0xFFFFFFFF, np.uint32)
     for column in range(8):
