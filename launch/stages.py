@@ -297,8 +297,9 @@ def stage_weights(config: ml_collections.ConfigDict, ws: Workspace) -> dict:
 
 
 def _write_selected(config: ml_collections.ConfigDict, ws: Workspace, selection, out_dir: str) -> manifest.ShardSet:
-    """One method's shard set, by `selection.writer`: every process's share of the in-process writer,
-    or one Beam job on `selection.beam`'s runner launched by process 0 (the same bytes either way)."""
+    """One method's shard set, by `selection.writer`: every process's share of the in-process writer
+    (on `selection.write_processes` worker processes per host), or one Beam job on `selection.beam`'s
+    runner launched by process 0 (the same bytes either way)."""
     import jax
 
     from selection import beam_write, write
@@ -312,7 +313,9 @@ def _write_selected(config: ml_collections.ConfigDict, ws: Workspace, selection,
         "label_remap": selection.label_remap,
     }
     if config.selection.writer == "inprocess":
-        return write.write_selected(ws.source, selection.plan, out_dir, **kwargs)
+        records = manifest.load_manifest(ws.source, verify=False).num_records
+        local = write.local_processes(int(config.selection.write_processes), records, jax.process_count())
+        return write.write_selected(ws.source, selection.plan, out_dir, local_processes=local, **kwargs)
     if jax.process_index() == 0:
         beam_write.write_selected(ws.source, selection.plan, out_dir, beam_config=config.selection.beam, **kwargs)
     _barrier(f"select {out_dir}")

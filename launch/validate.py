@@ -244,6 +244,7 @@ def _check_selection(config: ml_collections.ConfigDict) -> None:
         "selection.records_per_shard": int_at_least(1),
         "selection.example_weight_rule": one_of(weights.EXAMPLE_WEIGHT_RULES),
         "selection.writer": one_of(WRITERS),
+        "selection.write_processes": int_at_least(0),
     }
     if any(methods_lib.get(m).sized for m in methods):
         rules["selection.size"] = number_above(0)

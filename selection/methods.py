@@ -112,6 +112,9 @@ def selection_config() -> ml_collections.ConfigDict:
     # "beam": each shard set is written by an Apache Beam job on `beam`'s runner (data.beam_runner), the
     # same bytes as the in-process writer, which is the fast default on one machine.
     c.writer = "inprocess"
+    # The in-process writer's worker processes per host (selection.write.local_processes), the same bytes:
+    # 0 = one per core for a source of 500k+ records (a worker costs ~0.5 s to start), else 1.
+    c.write_processes = 0
     c.beam = beam_runner.default_config()
     for method in _REGISTRY.values():
         c[method.name] = method.defaults()

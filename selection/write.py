@@ -46,6 +46,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -511,6 +516,7 @@ def write_selected(
     label_index_dir: str | None = None,
     label_remap: huh_subsets.LabelRemap | None = None,
     wait_timeout_s: float = 24 * 3600.0,
+    local_processes: int = 1,
 ) -> manifest.ShardSet:
     """Writes the selection `plan` of the shard set at `source_dir` to `out_dir`; returns its manifest.
 
@@ -521,6 +527,8 @@ def write_selected(
     same arguments; all return the manifest. Re-running resumes; a different plan or seed for the
     same `out_dir` is refused while its partial output exists. `label_remap`: the records and the
     manifest get the coarse labels (the plan and its statistics stay over the source labels).
+    `local_processes` > 1: this process's share is written by that many worker processes on this
+    host (`local_processes`), the same bytes; every process of a job must pass the same count.
     """
     if process_index is None or process_count is None:
         import jax
@@ -528,19 +536,23 @@ def write_selected(
         process_index, process_count = jax.process_index(), jax.process_count()
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} outside [0, {process_count})")
-    job = make_job(
-        source_dir,
-        plan,
-        out_dir,
-        records_per_shard=records_per_shard,
-        seed=seed,
-        example_weight_rule=example_weight_rule,
-        label_weights=label_weights,
-        label_index_dir=label_index_dir,
-        label_remap=label_remap,
-    )
+    if local_processes < 1:
+        raise ValueError(f"local_processes must be >= 1, got {local_processes}")
+    arguments = {
+        "records_per_shard": records_per_shard,
+        "seed": seed,
+        "example_weight_rule": example_weight_rule,
+        "label_weights": label_weights,
+        "label_index_dir": label_index_dir,
+        "label_remap": label_remap,
+    }
+    job = make_job(source_dir, plan, out_dir, **arguments)  # bad input fails here, before any worker starts
     manifest_path = os.path.join(out_dir, manifest.MANIFEST_NAME)
     if is_complete(job):
+        return manifest.load_manifest(out_dir, verify=False)
+    if local_processes > 1:
+        arguments.update(source_dir=source_dir, plan=plan, out_dir=out_dir, wait_timeout_s=wait_timeout_s)
+        _run_workers(arguments, process_index, process_count, local_processes)
         return manifest.load_manifest(out_dir, verify=False)
     if process_index == 0:
         start(job)
@@ -576,3 +588,75 @@ def write_selected(
     else:
         paths.wait_for([manifest_path], wait_timeout_s)
     return manifest.load_manifest(out_dir, verify=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker processes on one host
+
+
+LOCAL_PROCESS_RECORDS = 500_000  # auto: at most one worker per this many source records
+
+
+def local_processes(requested: int, num_records: int, process_count: int) -> int:
+    """Worker processes per host for a write (`selection.write_processes`): `requested` when > 0;
+    0 (auto) is one per usable core, at most one per `LOCAL_PROCESS_RECORDS` source records (a worker
+    costs about 0.5 CPU-s to start, so a small write is faster alone), and 1 in a multi-process job,
+    whose processes must all use the same count (their hosts' cores may differ)."""
+    if requested < 0:
+        raise ValueError(f"write_processes must be >= 0, got {requested}")
+    if requested > 0:
+        return requested
+    if process_count > 1:
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)), num_records // LOCAL_PROCESS_RECORDS))
+
+
+_WORKER = "import sys; from selection import write; write._worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))"
+
+
+def _worker(arguments_path: str, process_index: int, process_count: int) -> None:
+    with open(arguments_path, "rb") as handle:
+        arguments = pickle.load(handle)
+    write_selected(**arguments, process_index=process_index, process_count=process_count)
+
+
+def _run_workers(arguments: dict, process_index: int, process_count: int, workers: int) -> None:
+    """Runs `write_selected(**arguments)` as processes `process_index * workers + i` of
+    `process_count * workers`, i < workers: OS processes on this host (the phases are CPU-bound
+    Python: threads would share one core), sharing the output dir like any other processes of a write.
+
+    A failed worker stops the others (they would wait for its files) and raises here with its last
+    error line, after every worker's stderr is printed. A re-run resumes from the files the workers
+    completed.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory(prefix="write-workers-") as tmp:
+        arguments_path = os.path.join(tmp, "arguments.pkl")
+        with open(arguments_path, "wb") as handle:
+            pickle.dump(arguments, handle)
+        log_paths = [os.path.join(tmp, f"worker-{i}.stderr") for i in range(workers)]
+        procs: list[subprocess.Popen] = []
+        try:
+            for i, log_path in enumerate(log_paths):
+                command = [sys.executable, "-c", _WORKER, arguments_path, str(process_index * workers + i)]
+                with open(log_path, "wb") as log:
+                    procs.append(subprocess.Popen([*command, str(process_count * workers)], stderr=log, env=env))
+            while not any(proc.poll() not in (None, 0) for proc in procs) and any(p.poll() is None for p in procs):
+                time.sleep(0.02)
+        finally:
+            stopped = [proc.poll() is None for proc in procs]  # still running: stopped here
+            for proc, stop in zip(procs, stopped, strict=True):
+                if stop:
+                    proc.kill()
+                proc.wait()
+        errors = []
+        for i, (proc, stop) in enumerate(zip(procs, stopped, strict=True)):
+            with open(log_paths[i], "rb") as log:
+                text = log.read().decode(errors="replace")
+            sys.stderr.write(text)
+            if proc.returncode != 0 and not stop:
+                errors.append((i, proc.returncode, (text.strip().splitlines() or ["no error output"])[-1]))
+        if errors:
+            i, code, line = errors[0]
+            raise RuntimeError(f"selection write worker {i} of {workers} failed (exit code {code}): {line}")

@@ -177,3 +177,6 @@ def test_config_switch_is_validated():
     config.selection.writer = "spark"
     with pytest.raises(ConfigError, match="selection.writer"):
         validate.check_config(config)
+    config.selection.writer, config.selection.write_processes = "inprocess", -1
+    with pytest.raises(ConfigError, match="selection.write_processes"):
+        validate.check_config(config)

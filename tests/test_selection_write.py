@@ -309,3 +309,46 @@ def test_corrupt_source_record_is_named_by_the_write(source_dir, tmp_path):
             process_count=1,
             label_index_dir=index,
         )
+
+
+def test_local_worker_processes_write_the_same_bytes_and_resume(source_dir, tmp_path):
+    """`local_processes=2` (two OS worker processes on this host, what `selection.write_processes`
+    gives `python -m launch.main`) writes the 1-process bytes; a re-run after losing a shard and the
+    manifest completes it to the same bytes."""
+    plan = make_label_plan(source_dir, "same", 260)
+    kwargs = {"records_per_shard": 70, "seed": 5, "process_index": 0, "process_count": 1}
+    one = write.write_selected(source_dir, plan, str(tmp_path / "one"), **kwargs)
+    out = str(tmp_path / "two")
+    two = write.write_selected(source_dir, plan, out, local_processes=2, **kwargs)
+    expected = [open(f, "rb").read() for f in one.files]
+    assert len(expected) > 1 and [open(f, "rb").read() for f in two.files] == expected
+    os.remove(two.files[1])
+    os.remove(os.path.join(out, manifest.MANIFEST_NAME))
+    again = write.write_selected(source_dir, plan, out, local_processes=2, **kwargs)
+    assert [open(f, "rb").read() for f in again.files] == expected
+    assert manifest.load_manifest(out).extra == one.extra  # verified sha256s, same realised counts
+
+
+def test_failed_local_worker_stops_the_write_with_its_error(tmp_path):
+    src = str(tmp_path / "src")
+    make_source(src, shards=2, per_shard=10)
+    index = str(tmp_path / "index")
+    plan = {f"s{s}-{i}".encode(): 1 for s in range(2) for i in range(10)}
+    kwargs = {"records_per_shard": 8, "seed": 0, "process_index": 0, "process_count": 1, "label_index_dir": index}
+    write.write_selected(src, plan, str(tmp_path / "a"), **kwargs)  # caches the label index
+    path = manifest.load_manifest(src, verify=False).files[1]  # owned by worker 1 of 2
+    blob = bytearray(open(path, "rb").read())
+    blob[int(records.record_spans(bytes(blob), path)[0][2])] ^= 0xFF
+    open(path, "wb").write(bytes(blob))
+    with pytest.raises(RuntimeError, match=r"worker 1 of 2 failed .*source-00001\.tfrecord: record 2: data CRC"):
+        write.write_selected(src, plan, str(tmp_path / "b"), local_processes=2, **kwargs)
+
+
+def test_local_processes_rule():
+    cores = len(os.sched_getaffinity(0))
+    assert write.local_processes(3, 10, 1) == 3  # as asked
+    assert write.local_processes(0, 10_000, 1) == 1  # a small write runs alone
+    assert write.local_processes(0, 100 * write.LOCAL_PROCESS_RECORDS, 1) == cores
+    assert write.local_processes(0, 100 * write.LOCAL_PROCESS_RECORDS, 4) == 1  # multi-process jobs: 1
+    with pytest.raises(ValueError, match="write_processes"):
+        write.local_processes(-1, 10, 1)
