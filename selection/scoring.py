@@ -250,7 +250,9 @@ def on_local_devices(fn: Callable, variables, batch_size: int) -> Callable[[np.n
     padded = -(-batch_size // len(devices)) * len(devices)
     variables = jax.device_put(variables, NamedSharding(mesh, P()))
     batch_sharding = NamedSharding(mesh, P("data"))
-    jitted = jax.jit(fn)
+    from trainer.programs import forward_compiler_options
+
+    jitted = jax.jit(fn, compiler_options=forward_compiler_options())
 
     def run(images: np.ndarray) -> np.ndarray:
         n = len(images)

@@ -39,7 +39,9 @@ def _masked_sums_program(apply_fn: Callable[[Any, Any], Any], num_labels: int, t
     import jax
     import jax.numpy as jnp
 
-    @jax.jit
+    from trainer.programs import forward_compiler_options
+
+    @functools.partial(jax.jit, compiler_options=forward_compiler_options())
     def masked_sums(variables, images, mask):
         logits = apply_fn(variables, images).astype(jnp.float32)
         if logits.shape[-1] != num_labels:

@@ -350,6 +350,32 @@ def test_cpu_train_step_on_large_images_compiles_its_convolutions_to_xla_eigen_n
     assert "ynn_fusion" in plain
 
 
+def test_cpu_forward_programs_compile_their_convolutions_to_xla_eigen_at_every_size():
+    """Evaluation, the importance-weights pass and scoring features (forward only) take Eigen
+    convolutions on CPU at any image size (faster at 75 and 299 px, BENCHMARKS.md), through
+    trainer.programs.forward_compiler_options; a plain jit of the same function keeps YNNPACK."""
+    from selection import scoring, weights
+    from trainer import evaluate
+
+    model = SmallCNN()
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+    images, labels = random_data(8, size=16, num_classes=4)
+    batch = {"image": images, "label": labels, "labels": np.eye(4, dtype=np.float32)[labels], "mask": np.ones(8, bool)}
+
+    def apply_fn(v, x):
+        return model.apply(v, x, train=False)["logits"]
+
+    counts = evaluate._counts_program(model, 4)
+    sums = weights._masked_sums_program(apply_fn, 4, 2.0)
+    for program, args in ((counts, (variables, batch)), (sums, (variables, images, batch["mask"]))):
+        ours = program.lower(*args).compile().as_text()
+        plain = jax.jit(program.__wrapped__).lower(*args).compile().as_text()
+        assert "ynn_fusion" not in ours and "convolution" in ours
+        assert "ynn_fusion" in plain
+    features = scoring.on_local_devices(apply_fn, variables, 8)
+    np.testing.assert_allclose(features(images), apply_fn(variables, images), rtol=1e-4, atol=1e-5)
+
+
 class _SlowIterator(MemoryIterator):
     """A MemoryIterator whose every batch takes `delay_s` to arrive (a starved input pipeline)."""
 

@@ -23,6 +23,7 @@ from data import manifest
 from models.registry import ModelOutputs
 from trainer import checkpoint
 from trainer.parallel import DATA_AXIS, data_mesh
+from trainer.programs import forward_compiler_options
 from trainer.train import prepare_model_config
 
 
@@ -57,7 +58,7 @@ def _place(variables: Mapping[str, Any]) -> tuple[Any, NamedSharding, NamedShard
 def _counts_program(model: nn.Module, num_classes: int):
     """(variables, batch) -> per-class (correct, count) over the batch's unmasked examples."""
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=forward_compiler_options())
     def counts(variables, batch):
         logits = cast(ModelOutputs, model.apply(variables, batch["image"], train=False))["logits"]
         predicted = jnp.argmax(logits, axis=-1)
@@ -73,7 +74,7 @@ def _counts_program(model: nn.Module, num_classes: int):
 def _features_program(model: nn.Module, replicated: NamedSharding):
     """(variables, batch) -> (features, mask, label), gathered onto every device."""
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=forward_compiler_options())
     def forward(variables, batch):
         features = cast(ModelOutputs, model.apply(variables, batch["image"], train=False))["features"]
         gathered = (features.astype(jnp.float32), batch["mask"], batch["label"])

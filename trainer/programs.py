@@ -51,13 +51,15 @@ HOST_SIDE_FIELDS = frozenset(
 )
 _CACHE_SIZE = 8  # distinct programs kept per process (a sweep visits many; each holds executables)
 _CHEAP_CPU_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-# The train step on CPU at large images: convolutions and matmuls on XLA's Eigen kernels instead of
-# YNNPACK (jax 0.10's default; Keras's step uses it). A profile of Inception-v3's step at 299 px, batch
-# 8 put half its op time in YNNPACK's convolution kernel gradients (the 80 -> 192 3x3 stem conv's:
-# 1,520 ms against 156 ms on Eigen); the step took 5.47 CPU-s against Keras's 6.98. At 75 px YNNPACK
-# is as fast (full width: 1.00 CPU-s per step against Keras's 1.00) or faster (the demo's width 0.25:
-# 0.142 against 0.148 CPU-s, and a 23% shorter compile), so small images keep it (BENCHMARKS.md).
-_STEP_CPU_COMPILE = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# Convolutions and matmuls on XLA's Eigen kernels instead of YNNPACK (jax 0.10's default on CPU; Keras's
+# step uses it). The train step takes it at large images: a profile of Inception-v3's step at 299 px,
+# batch 8 put half its op time in YNNPACK's convolution kernel gradients (the 80 -> 192 3x3 stem conv's:
+# 1,520 ms against 156 ms on Eigen); the step took 5.47 CPU-s against Keras's 6.98. At 75 px YNNPACK's
+# step is faster at both widths measured (full width: 0.99 against 1.03 CPU-s per step; the demo's width
+# 0.25: 0.131 against 0.158, and a shorter compile), so small images keep it; at 299 px width 0.25 the
+# two are even in CPU-s (1.32 / 1.36). Forward-only programs (evaluation, the importance-weights pass)
+# are faster on Eigen at every size measured: 299 px 1.52x (width 0.25: 1.20x), 75 px 1.33x (1.07x).
+_EIGEN_CPU_COMPILE = {"xla_cpu_experimental_ynn_fusion_type": ""}
 _EIGEN_FROM_IMAGE_SIZE = 150  # px; between the measured 75 (YNNPACK) and 299 (Eigen)
 
 
@@ -95,8 +97,14 @@ def _compile_run_once(jitted: Any, *example_args: Any) -> Callable:
 def _step_compiler_options(image_size: int) -> dict[str, Any] | None:
     """XLA options for the train step: Eigen convolutions on CPU from `_EIGEN_FROM_IMAGE_SIZE` px."""
     if jax.default_backend() == "cpu" and image_size >= _EIGEN_FROM_IMAGE_SIZE:
-        return _STEP_CPU_COMPILE
+        return _EIGEN_CPU_COMPILE
     return None
+
+
+def forward_compiler_options() -> dict[str, Any] | None:
+    """XLA options for forward-only model programs (evaluation, importance weights, scoring features):
+    Eigen convolutions on CPU at every image size (measured faster, see `_EIGEN_CPU_COMPILE`)."""
+    return _EIGEN_CPU_COMPILE if jax.default_backend() == "cpu" else None
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
