@@ -5,6 +5,7 @@ import functools
 import json
 import os
 import time
+from typing import Any, cast
 
 import jax
 import jax.extend
@@ -13,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 
+from models.registry import ModelOutputs
 from tests.trainer_testlib import MemoryIterator, SmallCNN, random_data, tiny_config
 from trainer import checkpoint, losses, metrics, optim, schedules, warm_start
 from trainer import config as config_lib
@@ -363,13 +365,14 @@ def test_cpu_forward_programs_compile_their_convolutions_to_xla_eigen_at_every_s
     batch = {"image": images, "label": labels, "labels": np.eye(4, dtype=np.float32)[labels], "mask": np.ones(8, bool)}
 
     def apply_fn(v, x):
-        return model.apply(v, x, train=False)["logits"]
+        return cast(ModelOutputs, model.apply(v, x, train=False))["logits"]
 
     counts = evaluate._counts_program(model, 4)
     sums = weights._masked_sums_program(apply_fn, 4, 2.0)
-    for program, args in ((counts, (variables, batch)), (sums, (variables, images, batch["mask"]))):
-        ours = program.lower(*args).compile().as_text()
-        plain = jax.jit(program.__wrapped__).lower(*args).compile().as_text()
+    programs: list[tuple[Any, tuple]] = [(counts, (variables, batch)), (sums, (variables, images, batch["mask"]))]
+    for program, args in programs:
+        ours = str(program.lower(*args).compile().as_text())
+        plain = str(jax.jit(program.__wrapped__).lower(*args).compile().as_text())
         assert "ynn_fusion" not in ours and "convolution" in ours
         assert "ynn_fusion" in plain
     features = scoring.on_local_devices(apply_fn, variables, 8)
