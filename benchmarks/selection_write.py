@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--records_per_shard", type=int, default=50_000)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--dir", default="/tmp/selection_bench")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating raw write / warm write pairs")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating raw write / warm writes rounds")
     args = parser.parse_args()
 
     source, plan, corpus_bytes = corpus_and_plan(args)
@@ -189,27 +189,34 @@ def main() -> None:
         return write_mb, read_mb
 
     # cold: the label index is built (two reads of the source); warm: it exists (one read). The warm
-    # one-process write alternates with the raw write `--repeats` times: the disk's speed on a shared
-    # host swings several-fold between minutes, so each ratio pairs a write with the raw write just
-    # before it, and the summary gives medians.
+    # writes, 1 and `--processes` processes, alternate with the raw write `--repeats` times: the disk's
+    # speed on a shared host swings several-fold between minutes, so each ratio pairs a write with the
+    # raw write just before it, and the summary gives medians.
     write(1, "cold", *raw())
-    ratios, raw_mb, ours_mb, cpu_ratios = [], [], [], []
+    counts = sorted({1, args.processes})
+    ratios: dict[int, list[float]] = {n: [] for n in counts}
+    cpu_ratios: dict[int, list[float]] = {n: [] for n in counts}
+    ours_mb: dict[int, list[float]] = {n: [] for n in counts}
+    raw_mb = []
     for _ in range(args.repeats):
         write_mb, read_mb = raw()
-        wall, cpu = write(1, "warm", write_mb, read_mb)
         raw_mb.append(write_mb)
-        ours_mb.append(corpus_bytes / wall / 1e6)
-        ratios.append(ours_mb[-1] / write_mb)
-        cpu_ratios.append(corpus_bytes / cpu / 1e6 / write_mb)
-    print(
-        f"median of {args.repeats} alternating repeats (warm, 1 process): "
-        f"raw write+fsync {np.median(raw_mb):.0f} MB/s, "
-        f"write_selected source {np.median(ours_mb):.1f} MB/s; source / raw write {np.median(ratios):.3f} "
-        f"(each repeat {', '.join(f'{r:.3f}' for r in ratios)}); per CPU-second {np.median(cpu_ratios):.3f}",
-        flush=True,
-    )
-    write(args.processes, "warm", *raw())
-    shutil.rmtree(os.path.join(args.dir, "out_p1"), ignore_errors=True)
+        for n in counts:
+            wall, cpu = write(n, "warm", write_mb, read_mb)
+            ours_mb[n].append(corpus_bytes / wall / 1e6)
+            ratios[n].append(ours_mb[n][-1] / write_mb)
+            cpu_ratios[n].append(corpus_bytes / cpu / 1e6 / write_mb)
+    for n in counts:
+        print(
+            f"median of {args.repeats} alternating repeats (warm, {n} process(es)): "
+            f"raw write+fsync {np.median(raw_mb):.0f} MB/s, "
+            f"write_selected source {np.median(ours_mb[n]):.1f} MB/s; source / raw write "
+            f"{np.median(ratios[n]):.3f} (each repeat {', '.join(f'{r:.3f}' for r in ratios[n])}); "
+            f"per CPU-second {np.median(cpu_ratios[n]):.3f}",
+            flush=True,
+        )
+    for n in counts:
+        shutil.rmtree(os.path.join(args.dir, f"out_p{n}"), ignore_errors=True)
     shutil.rmtree(index_dir, ignore_errors=True)
     print(f"benchmark process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
