@@ -69,12 +69,11 @@ def main() -> None:
     config.parallelism, config.global_batch_size, config.compute_dtype = args.parallelism, args.batch, args.dtype
     config.image_size = args.image_size
     started, started_cpu = time.perf_counter(), time.process_time()
-    # The trainer's own programs (what trainer.train.fit runs): initialisation compiled cheaply, the
+    # The trainer's own programs, in the order trainer.train.fit uses them: the step compiling in the
+    # background (for the first batch's shapes) while initialisation compiles cheaply and runs, the
     # step jitted with donated state; init, state creation and the first steps' compile are timed.
     progs = programs.programs_for(config, model, 1000, 10)
-    variables = progs.init_variables(jax.random.PRNGKey(0))
     runner = progs.runner
-    state = runner.put_state(jax.device_get(progs.make_state(variables, jax.random.PRNGKey(1))))
     rng = np.random.default_rng(0)
     labels = rng.integers(0, args.num_classes, args.batch)
     batch = runner.put_batch(
@@ -85,6 +84,10 @@ def main() -> None:
             "weight": np.ones(args.batch, np.float32),
         }
     )
+    compiled = programs.compile_step_ahead(progs, batch)
+    variables = progs.init_variables(jax.random.PRNGKey(0))
+    state = runner.put_state(jax.device_get(progs.make_state(variables, jax.random.PRNGKey(1))))
+    compiled()
     for _ in range(max(1, args.warmup)):
         state, metrics = runner.step(state, batch)
     jax.block_until_ready(metrics)

@@ -313,6 +313,7 @@ class Prefetcher:
         self._queue: queue.Queue = queue.Queue(maxsize=self._size)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._head: tuple[str, Any, Any] | None = None  # an item peek() took off the queue
 
     def _produce(self) -> None:
         while not self._stop.is_set():
@@ -338,11 +339,25 @@ class Prefetcher:
     def __iter__(self) -> Prefetcher:
         return self
 
-    def __next__(self):
+    def _take(self) -> tuple[str, Any, Any]:
+        if self._head is not None:
+            item, self._head = self._head, None
+            return item
         if self._thread is None:
             self._thread = threading.Thread(target=self._produce, name="prefetch", daemon=True)
             self._thread.start()
-        kind, value, state = self._queue.get()
+        return self._queue.get()
+
+    def peek(self) -> Any:
+        """The batch the next `next()` returns, without taking it (None when the iterator is done or
+        failed: that `next()` raises); the trainer compiles its step for its shapes meanwhile."""
+        if self._head is None:
+            self._head = self._take()
+        kind, value, _ = self._head
+        return value if kind == "batch" else None
+
+    def __next__(self):
+        kind, value, state = self._take()
         if kind == "end":
             self._queue.put((kind, value, state))  # every later next() ends too
             raise StopIteration
@@ -359,6 +374,7 @@ class Prefetcher:
             self._thread.join()
         self._thread = None
         self._queue = queue.Queue(maxsize=self._size)
+        self._head = None
         self._stop.clear()
 
     def get_state(self) -> dict[str, Any]:

@@ -292,3 +292,23 @@ def test_prefetcher_reads_in_its_thread_and_raises_errors_in_order():
     inner.fail_at = None
     assert [int(next(prefetched)["i"]) for _ in range(2)] == [1, 2]
     prefetched.close()
+
+
+def test_prefetcher_peek_shows_the_next_batch_without_taking_it():
+    """What the trainer compiles its step for before the first step: the same batch next() returns,
+    the consumer's position unchanged, a resume dropping it, the end or an error left to next()."""
+    inner = _Counting(fail_at=2)
+    prefetched = pipeline.Prefetcher(inner, size=2)
+    assert int(prefetched.peek()["i"]) == 0 and int(prefetched.peek()["i"]) == 0
+    assert prefetched.get_state() == {"position": 0}
+    assert [int(next(prefetched)["i"]) for _ in range(2)] == [0, 1]
+    assert prefetched.peek() is None  # the corrupt record: next() raises it
+    with pytest.raises(records.CorruptRecordError):
+        next(prefetched)
+    inner.fail_at = None
+    prefetched.set_state({"position": 5})
+    assert int(prefetched.peek()["i"]) == 5
+    prefetched.set_state({"position": 1})  # a peeked batch from before a resume is not returned
+    assert int(next(prefetched)["i"]) == 1
+    assert prefetched.get_state() == {"position": 2}
+    prefetched.close()

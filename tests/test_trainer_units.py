@@ -352,6 +352,42 @@ def test_cpu_train_step_on_large_images_compiles_its_convolutions_to_xla_eigen_n
     assert "ynn_fusion" in plain
 
 
+def test_step_compiled_ahead_in_the_background_is_not_compiled_again_by_the_first_step():
+    """trainer.programs.compile_step_ahead (what fit overlaps with initialisation): after wait(), the
+    first step finds its executable (no XLA compile), while a batch of another size still compiles;
+    a batch the step cannot take raises from wait()."""
+    from jax._src.dispatch import BACKEND_COMPILE_EVENT
+
+    from trainer import programs
+
+    c = tiny_config(config_lib.finetune_config(), learning_rate=0.37)  # programs of its own
+    progs = programs.programs_for(c, SmallCNN(), 4, 1)
+    images, labels = random_data(16, num_classes=4)
+    batch = progs.runner.put_batch(next(MemoryIterator(images, labels, 8, 4)))
+    wait = programs.compile_step_ahead(progs, batch)
+    state = progs.runner.put_state(progs.make_state(progs.init_variables(jax.random.PRNGKey(0)), jax.random.PRNGKey(1)))
+    wait()
+    compiles: list[str] = []
+
+    def listener(event: str, duration_secs: float, **kwargs: str | int) -> None:
+        if event == BACKEND_COMPILE_EVENT:
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        state, metrics = progs.runner.step(state, batch)
+        jax.block_until_ready(metrics)
+        assert compiles == []
+        state, metrics = progs.runner.step(state, progs.runner.put_batch(next(MemoryIterator(images, labels, 16, 4))))
+        jax.block_until_ready(metrics)
+        assert compiles  # the listener sees compiles
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    wrong = dict(next(MemoryIterator(images, labels, 8, 4)), image=np.zeros((8, 16, 16, 5), np.float32))
+    with pytest.raises(Exception, match="5"):
+        programs.compile_step_ahead(progs, progs.runner.put_batch(wrong))()
+
+
 def test_cpu_forward_programs_compile_their_convolutions_to_xla_eigen_at_every_size():
     """Evaluation, the importance-weights pass and scoring features (forward only) take Eigen
     convolutions on CPU at any image size (faster at 75 and 299 px, BENCHMARKS.md), through

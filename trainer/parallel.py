@@ -89,6 +89,11 @@ class JitRunner:
     def step(self, state: Any, batch: dict[str, jax.Array]) -> tuple[Any, dict]:
         return self._step(state, batch)
 
+    def compile(self, abstract_state: Any, batch: dict[str, jax.Array]) -> None:
+        """Compiles the step for the state's shapes and this batch's ahead of the first call, which then
+        finds the executable in jax's caches (state arrays carry `state_sharding`, as `put_state` makes)."""
+        self._step.lower(self.restore_target(abstract_state), batch).compile()
+
     def host_state(self, state: Any) -> Any:
         """The state as orbax should save it: global arrays, saved shard by shard."""
         return state
@@ -143,6 +148,10 @@ class PmapRunner:
 
     def step(self, state: Any, batch: dict[str, jax.Array]) -> tuple[Any, dict]:
         return self._step(state, batch)
+
+    def compile(self, abstract_state: Any, batch: dict[str, jax.Array]) -> None:
+        """Nothing: pmap compiles at its first call."""
+        del abstract_state, batch
 
     def host_state(self, state: Any) -> Any:
         """One replica, fetched to host numpy (replicas are identical)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -84,14 +85,43 @@ def programs_for(config: ml_collections.ConfigDict, model: nn.Module, total_step
     return _build(model, step_config_key(config), int(total_steps), int(warmup_steps))
 
 
+def compile_step_ahead(programs: Programs, batch: Any) -> Callable[[], None]:
+    """Starts compiling the run's train step for `batch`'s shapes in a background thread; returns
+    `wait()`, which blocks until that is done (raising its error, if any). Call `wait()` before the
+    first step: that call then finds the executable in jax's caches.
+
+    Why: XLA's compile of the step runs on one core with the GIL released for most of its 20-30 s
+    (Inception-v3 on CPU), and a run's initialisation (its own compile and the RNG run, or a
+    checkpoint restore) is another 10-15 s; on two cores the two overlap instead of adding up."""
+    failure: list[BaseException] = []
+
+    def compile_() -> None:
+        try:
+            programs.runner.compile(programs.abstract_state, batch)
+        except BaseException as err:  # re-raised by wait(), in the caller's thread
+            failure.append(err)
+
+    thread = threading.Thread(target=compile_, name="compile-step", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failure:
+            raise failure[0]
+
+    return wait
+
+
 def _compile_run_once(jitted: Any, *example_args: Any) -> Callable:
     """Compiles a program that runs once per run (initialisation) without XLA's expensive CPU
     optimisations: Inception-v3's init (hundreds of RNG ops) then compiles 2-3x faster (width 0.25:
-    8.8 s vs 19.6 s on 2 cores, BENCHMARKS.md), and its single execution does not notice. Other
+    8.8 s vs 19.6 s on 2 cores, BENCHMARKS.md), and its single execution does not notice. The compile
+    happens at the first call (so that `compile_step_ahead` can overlap it with the step's). Other
     backends compile as usual."""
     if jax.default_backend() != "cpu":
         return jitted
-    return jitted.lower(*example_args).compile(compiler_options=_CHEAP_CPU_COMPILE)
+    compiled = functools.cache(lambda: jitted.lower(*example_args).compile(compiler_options=_CHEAP_CPU_COMPILE))
+    return lambda *args: compiled()(*args)
 
 
 def _step_compiler_options(image_size: int) -> dict[str, Any] | None:

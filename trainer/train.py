@@ -95,6 +95,10 @@ def fit(
     if latest is not None:
         restored, iterator_state = ckpt.restore(latest, runner.restore_target(abstract))
         iterator.set_state(iterator_state)
+    first_batch = iterator.peek() if latest is None or latest < total_steps else None
+    # The step compiles in the background while the state is initialised (or put on the devices).
+    compiled = programs_lib.compile_step_ahead(programs, first_batch) if first_batch is not None else None
+    if latest is not None:
         state = runner.put_restored(restored)
         logging.info("%s: resumed from step %d", stage_name, latest)
     else:
@@ -103,6 +107,8 @@ def fit(
             variables, reinit = warm_start.load_pretrained(init_from, jax.device_get(variables), config)
             print(f"[{stage_name}] initialised from {init_from}; re-initialised heads: {reinit or 'none'}", flush=True)
         state = runner.put_state(programs.make_state(variables, state_key))
+    if compiled is not None:
+        compiled()
     step = int(latest or 0)
     global_batch = int(config.global_batch_size)
     writer = metrics_lib.MetricsWriter(os.path.join(workdir, "tb"))
