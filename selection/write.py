@@ -52,6 +52,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from etils import epath
@@ -538,7 +539,7 @@ def write_selected(
         raise ValueError(f"process_index {process_index} outside [0, {process_count})")
     if local_processes < 1:
         raise ValueError(f"local_processes must be >= 1, got {local_processes}")
-    arguments = {
+    arguments: dict[str, Any] = {
         "records_per_shard": records_per_shard,
         "seed": seed,
         "example_weight_rule": example_weight_rule,

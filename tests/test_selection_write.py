@@ -5,6 +5,7 @@ import collections
 import os
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -247,7 +248,8 @@ def _per_record_framing(out_dir: str, source_dir: str, remap: huh_subsets.LabelR
         shards.append(
             b"".join(
                 records.frame_record(
-                    by_id[e.example_id] + allocation.weight_suffix(e.weight, None if remap is None else e.labels)
+                    by_id[e.example_id]
+                    + allocation.weight_suffix(float(e.weight or 0.0), None if remap is None else list(e.labels))
                 )
                 for e in written
             )
@@ -261,6 +263,7 @@ def test_written_bytes_equal_the_per_record_framing(source_dir, tmp_path, plan_k
     spills) writes, byte for byte, what framing each weighted record on its own gives: with-replacement
     duplicates, example-plan copies, multi-label records and a label remap."""
     remap = None
+    plan: plan_lib.LabelPlan | dict[bytes, int]
     if plan_kind == "examples":
         plan = {f"s{s}-{i}".encode(): 1 + (i % 3) for s in range(5) for i in range(0, 40, 2)}
     else:
@@ -316,7 +319,7 @@ def test_local_worker_processes_write_the_same_bytes_and_resume(source_dir, tmp_
     gives `python -m launch.main`) writes the 1-process bytes; a re-run after losing a shard and the
     manifest completes it to the same bytes."""
     plan = make_label_plan(source_dir, "same", 260)
-    kwargs = {"records_per_shard": 70, "seed": 5, "process_index": 0, "process_count": 1}
+    kwargs: dict[str, Any] = {"records_per_shard": 70, "seed": 5, "process_index": 0, "process_count": 1}
     one = write.write_selected(source_dir, plan, str(tmp_path / "one"), **kwargs)
     out = str(tmp_path / "two")
     two = write.write_selected(source_dir, plan, out, local_processes=2, **kwargs)
@@ -334,7 +337,13 @@ def test_failed_local_worker_stops_the_write_with_its_error(tmp_path):
     make_source(src, shards=2, per_shard=10)
     index = str(tmp_path / "index")
     plan = {f"s{s}-{i}".encode(): 1 for s in range(2) for i in range(10)}
-    kwargs = {"records_per_shard": 8, "seed": 0, "process_index": 0, "process_count": 1, "label_index_dir": index}
+    kwargs: dict[str, Any] = {
+        "records_per_shard": 8,
+        "seed": 0,
+        "process_index": 0,
+        "process_count": 1,
+        "label_index_dir": index,
+    }
     write.write_selected(src, plan, str(tmp_path / "a"), **kwargs)  # caches the label index
     path = manifest.load_manifest(src, verify=False).files[1]  # owned by worker 1 of 2
     blob = bytearray(open(path, "rb").read())
