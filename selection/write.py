@@ -529,7 +529,8 @@ def write_selected(
     same `out_dir` is refused while its partial output exists. `label_remap`: the records and the
     manifest get the coarse labels (the plan and its statistics stay over the source labels).
     `local_processes` > 1: this process's share is written by that many worker processes on this
-    host (`local_processes`), the same bytes; every process of a job must pass the same count.
+    host, the same bytes (`local_processes()` picks the count for `selection.write_processes`); every
+    process of a job must pass the same count.
     """
     if process_index is None or process_count is None:
         import jax
