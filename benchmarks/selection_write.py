@@ -9,6 +9,11 @@ ends with its ratios to it (source MB/s over raw read MB/s, output MB/s over raw
 and source MB/s over raw write+fsync MB/s, since the raw read is usually served from the page cache),
 then the same per CPU-second of the write processes (wall time on a shared host measures its load).
 
+Two measurements of the same write, each labelled: in child processes (`python -c`, so their CPU-s
+and wall time include the interpreter's start-up and imports, about 0.3 s each), and in this
+process, the way `python -m launch.main`'s select stage runs it with `selection.write_processes=1`
+(imports done, as for the raw write, which is timed in this process too).
+
   .venv/bin/python benchmarks/selection_write.py --examples=2000000 --dir=/tmp/selbench
 """
 
@@ -30,6 +35,7 @@ sys.path.insert(0, ROOT)
 
 from data import manifest, records  # noqa: E402
 from selection import plan as plan_lib  # noqa: E402
+from selection import write as write_lib  # noqa: E402
 
 
 def build_corpus(directory: str, examples: int, shards: int, labels: int, payload: int, seed: int = 0) -> None:
@@ -139,8 +145,32 @@ def main() -> None:
     index_dir = os.path.join(args.dir, "label_index")
     shutil.rmtree(index_dir, ignore_errors=True)
 
+    def report(what: str, out: str, wall: float, cpu: float, rss: float, write_mb: float, read_mb: float) -> None:
+        """Prints one write's lines: its speed and its ratios to the raw disk, in wall time and per CPU-s."""
+        written = manifest.load_manifest(out, verify=False)
+        out_bytes = sum(os.path.getsize(f) for f in written.files)
+        print(
+            f"write_selected, {what}: {wall:.2f} s wall; "
+            f"source read {corpus_bytes / wall / 1e6:.1f} MB/s = {source.num_records / wall:,.0f} source records/s; "
+            f"wrote {written.num_records:,} records "
+            f"({out_bytes / 1e6:.0f} MB, {len(written.files)} shards); peak RSS per process {rss:.0f} MB; "
+            f"load {os.getloadavg()[0]:.1f}"
+        )
+        print(
+            f"  ratio to raw disk ({what}): source read / raw read {corpus_bytes / wall / 1e6 / read_mb:.3f}; "
+            f"output written / raw write+fsync {out_bytes / wall / 1e6 / write_mb:.3f}; "
+            f"source read / raw write+fsync {corpus_bytes / wall / 1e6 / write_mb:.3f}",
+            flush=True,
+        )
+        print(
+            f"  per CPU-second ({what}): {cpu:.2f} CPU-s, "
+            f"{cpu / source.num_records * 1e6:.2f} us per source record; "
+            f"source MB per CPU-s / raw write+fsync {corpus_bytes / cpu / 1e6 / write_mb:.3f}",
+            flush=True,
+        )
+
     def write(count: int, cache: str, write_mb: float, read_mb: float) -> tuple[float, float]:
-        """One write_selected run in `count` child processes; prints its line; returns (wall, CPU-s)."""
+        """One write_selected run in `count` child processes; prints its lines; returns (wall, CPU-s)."""
         out = os.path.join(args.dir, f"out_p{count}")
         shutil.rmtree(out, ignore_errors=True)
         script = _CHILD.format(
@@ -154,29 +184,33 @@ def main() -> None:
         outputs = [p.communicate()[0].decode().split() for p in procs]
         wall = time.perf_counter() - start
         assert all(p.returncode == 0 for p in procs)
-        written = manifest.load_manifest(out, verify=False)
-        out_bytes = sum(os.path.getsize(f) for f in written.files)
         rss = max(float(o[1]) for o in outputs)
         cpu = sum(float(o[2]) for o in outputs)  # whole child processes, start-up included
-        print(
-            f"write_selected, {count} process(es), {cache} label index: {wall:.1f} s wall; "
-            f"source read {corpus_bytes / wall / 1e6:.1f} MB/s = {source.num_records / wall:,.0f} source records/s; "
-            f"wrote {written.num_records:,} records "
-            f"({out_bytes / 1e6:.0f} MB, {len(written.files)} shards); peak RSS per process {rss:.0f} MB; "
-            f"load {os.getloadavg()[0]:.1f}"
+        what = f"{count} child process(es), start-up included, {cache} label index"
+        report(what, out, wall, cpu, rss, write_mb, read_mb)
+        return wall, cpu
+
+    def write_here(write_mb: float, read_mb: float) -> tuple[float, float]:
+        """One warm write_selected run in this process (imports done, as launch.main's select stage with
+        selection.write_processes=1); its CPU-s are this process's, all threads, during the call."""
+        out = os.path.join(args.dir, "out_here")
+        shutil.rmtree(out, ignore_errors=True)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        start = time.perf_counter()
+        write_lib.write_selected(
+            source.directory,
+            plan,
+            out,
+            records_per_shard=args.records_per_shard,
+            seed=0,
+            process_index=0,
+            process_count=1,
+            label_index_dir=index_dir,
         )
-        print(
-            f"  ratio to raw disk: source read / raw read {corpus_bytes / wall / 1e6 / read_mb:.3f}; "
-            f"output written / raw write+fsync {out_bytes / wall / 1e6 / write_mb:.3f}; "
-            f"source read / raw write+fsync {corpus_bytes / wall / 1e6 / write_mb:.3f}",
-            flush=True,
-        )
-        print(
-            f"  per CPU-second (what holds on a shared host): {cpu:.1f} CPU-s, "
-            f"{cpu / source.num_records * 1e6:.2f} us per source record; "
-            f"source MB per CPU-s / raw write+fsync {corpus_bytes / cpu / 1e6 / write_mb:.3f}",
-            flush=True,
-        )
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        report("in process, warm label index", out, wall, cpu, after.ru_maxrss / 1024, write_mb, read_mb)
         return wall, cpu
 
     def raw() -> tuple[float, float]:
@@ -189,34 +223,36 @@ def main() -> None:
         return write_mb, read_mb
 
     # cold: the label index is built (two reads of the source); warm: it exists (one read). The warm
-    # writes, 1 and `--processes` processes, alternate with the raw write `--repeats` times: the disk's
-    # speed on a shared host swings several-fold between minutes, so each ratio pairs a write with the
-    # raw write just before it, and the summary gives medians.
+    # writes (1 and `--processes` child processes, then in this process) alternate with the raw write
+    # `--repeats` times: the disk's speed on a shared host swings several-fold between minutes, so each
+    # ratio pairs a write with the raw write just before it, and the summary gives medians.
     write(1, "cold", *raw())
     counts = sorted({1, args.processes})
-    ratios: dict[int, list[float]] = {n: [] for n in counts}
-    cpu_ratios: dict[int, list[float]] = {n: [] for n in counts}
-    ours_mb: dict[int, list[float]] = {n: [] for n in counts}
+    kinds = [f"{n} child process(es), start-up included" for n in counts] + ["in process (imports done)"]
+    ratios: dict[str, list[float]] = {kind: [] for kind in kinds}
+    cpu_ratios: dict[str, list[float]] = {kind: [] for kind in kinds}
+    ours_mb: dict[str, list[float]] = {kind: [] for kind in kinds}
     raw_mb = []
     for _ in range(args.repeats):
         write_mb, read_mb = raw()
         raw_mb.append(write_mb)
-        for n in counts:
-            wall, cpu = write(n, "warm", write_mb, read_mb)
-            ours_mb[n].append(corpus_bytes / wall / 1e6)
-            ratios[n].append(ours_mb[n][-1] / write_mb)
-            cpu_ratios[n].append(corpus_bytes / cpu / 1e6 / write_mb)
-    for n in counts:
+        results = [write(n, "warm", write_mb, read_mb) for n in counts] + [write_here(write_mb, read_mb)]
+        for kind, (wall, cpu) in zip(kinds, results, strict=True):
+            ours_mb[kind].append(corpus_bytes / wall / 1e6)
+            ratios[kind].append(ours_mb[kind][-1] / write_mb)
+            cpu_ratios[kind].append(corpus_bytes / cpu / 1e6 / write_mb)
+    for kind in kinds:
         print(
-            f"median of {args.repeats} alternating repeats (warm, {n} process(es)): "
+            f"median of {args.repeats} alternating repeats (warm, {kind}): "
             f"raw write+fsync {np.median(raw_mb):.0f} MB/s, "
-            f"write_selected source {np.median(ours_mb[n]):.1f} MB/s; source / raw write "
-            f"{np.median(ratios[n]):.3f} (each repeat {', '.join(f'{r:.3f}' for r in ratios[n])}); "
-            f"per CPU-second {np.median(cpu_ratios[n]):.3f}",
+            f"write_selected source {np.median(ours_mb[kind]):.1f} MB/s; source / raw write, wall time "
+            f"{np.median(ratios[kind]):.3f} (each repeat {', '.join(f'{r:.3f}' for r in ratios[kind])}); "
+            f"per CPU-second {np.median(cpu_ratios[kind]):.3f} "
+            f"(each repeat {', '.join(f'{r:.3f}' for r in cpu_ratios[kind])})",
             flush=True,
         )
-    for n in counts:
-        shutil.rmtree(os.path.join(args.dir, f"out_p{n}"), ignore_errors=True)
+    for name in [f"out_p{n}" for n in counts] + ["out_here"]:
+        shutil.rmtree(os.path.join(args.dir, name), ignore_errors=True)
     shutil.rmtree(index_dir, ignore_errors=True)
     print(f"benchmark process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 

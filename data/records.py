@@ -8,9 +8,9 @@ copy can always be traced back to its source example by `image/id`. Features:
   image/id       bytes       stable example id
   image/weight   float       importance weight (selected shards only)
 
-TensorFlow is not needed: the proto comes from tensorflow-datasets' copy, and TFRecord framing
-(length, masked crc32c of the length, data, masked crc32c of the data) is done here with
-google-crc32c, checked on every read.
+TensorFlow is not needed: the proto comes from tensorflow-datasets' copy (`example_proto`, imported
+at first use), and TFRecord framing (length, masked crc32c of the length, data, masked crc32c of the
+data) is done here with google-crc32c, checked on every read.
 """
 
 from __future__ import annotations
@@ -20,14 +20,16 @@ import functools
 import itertools
 import struct
 from collections.abc import Iterable, Iterator, Sequence
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import google_crc32c
 import numpy as np
 from etils import epath
-from tensorflow_datasets.proto import tf_example_pb2
 
 from data import atomic
+
+if TYPE_CHECKING:
+    from tensorflow_datasets.proto import tf_example_pb2
 
 _MASK_DELTA = 0xA282EAD8
 
@@ -55,9 +57,26 @@ def _masked_crc(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
+def example_proto() -> tf_example_pb2.Example:
+    """A new, empty `tf.train.Example` proto: the one place the proto is imported.
+
+    Imported here, at first use, not with this module: `tensorflow_datasets`' package import costs
+    about 0.2 s, paid by every process that touches records (a selection write's worker processes
+    need no proto once its label index exists: `encode_weight_suffix` writes the appended bytes directly).
+    """
+    return _example_type()()
+
+
+@functools.cache
+def _example_type() -> type[tf_example_pb2.Example]:
+    from tensorflow_datasets.proto import tf_example_pb2
+
+    return tf_example_pb2.Example
+
+
 def encode_example(example: Example) -> bytes:
     """Serialises an Example to `tf.train.Example` bytes."""
-    proto = tf_example_pb2.Example()
+    proto = example_proto()
     feature = proto.features.feature
     feature["image/encoded"].bytes_list.value.append(example.image)
     feature["image/label"].int64_list.value.extend(int(label) for label in example.labels)
@@ -69,7 +88,7 @@ def encode_example(example: Example) -> bytes:
 
 def decode_example(serialized: bytes) -> Example:
     """Parses `tf.train.Example` bytes; raises ValueError when a required feature is missing."""
-    proto = tf_example_pb2.Example()
+    proto = example_proto()
     proto.ParseFromString(serialized)
     feature = proto.features.feature
     for key in ("image/encoded", "image/label", "image/id"):
@@ -84,6 +103,39 @@ def decode_example(serialized: bytes) -> Example:
         example_id=bytes(feature["image/id"].bytes_list.value[0]),
         weight=weight,
     )
+
+
+def encode_weight_suffix(weight: float, labels: Sequence[int] | None = None) -> bytes:
+    """The serialized `tf.train.Example` holding only `image/weight` (and `image/label`, when given):
+    the bytes the proto serializes deterministically (map entries in key order), written directly in
+    protobuf's wire format so that a selection write needs no proto import (`example_proto`; tests
+    compare the two). Appended to a record, it adds these features (`selection.allocation.weight_suffix`).
+    """
+    entries = []  # (key, serialized Feature), in key order
+    if labels is not None:  # Feature.int64_list (3) -> Int64List.value (1), packed varints
+        packed = b"".join(_varint(int(v) & 0xFFFFFFFFFFFFFFFF) for v in labels)
+        entries.append((b"image/label", _field(3, _field(1, packed) if packed else b"")))
+    # Feature.float_list (2) -> FloatList.value (1), packed little-endian float32 (as the proto: beyond
+    # float32's range it is infinite)
+    with np.errstate(over="ignore"):
+        weight32 = np.array(weight, "<f4").tobytes()
+    entries.append((b"image/weight", _field(2, _field(1, weight32))))
+    # Example.features (1) -> Features.feature (1): one map entry (key 1, value 2) each
+    return _field(1, b"".join(_field(1, _field(1, key) + _field(2, value)) for key, value in entries))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
 _HEADER = struct.Struct("<QI")  # data length, masked crc32c of the length's 8 bytes

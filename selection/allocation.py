@@ -25,8 +25,8 @@ import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from tensorflow_datasets.proto import tf_example_pb2
 
+from data import records
 from selection import plan as plan_lib
 
 
@@ -190,11 +190,7 @@ def weight_suffix(weight: float, labels: list[int] | None = None) -> bytes:
 
 @functools.lru_cache(maxsize=1 << 16)
 def _suffix(weight: float, labels: tuple[int, ...] | None) -> bytes:
-    proto = tf_example_pb2.Example()
-    proto.features.feature["image/weight"].float_list.value.append(float(weight))
-    if labels is not None:
-        proto.features.feature["image/label"].int64_list.value.extend(labels)
-    return proto.SerializeToString(deterministic=True)
+    return records.encode_weight_suffix(weight, labels)
 
 
 def shard_stats(

@@ -24,7 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from etils import epath
-from tensorflow_datasets.proto import tf_example_pb2
 
 from data import atomic, augment, manifest, paths, records
 
@@ -63,7 +62,7 @@ def _pack_ids(ids: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
 
 def _examples(path: str) -> Iterator[tuple[bytes, bytes, list[int]]]:
     """(image bytes, id, labels) of each record, streamed (no whole shard in memory)."""
-    proto = tf_example_pb2.Example()
+    proto = records.example_proto()
     for index, data in enumerate(records.iter_records(path)):
         proto.ParseFromString(data)
         feature = proto.features.feature

@@ -56,7 +56,6 @@ from typing import Any
 
 import numpy as np
 from etils import epath
-from tensorflow_datasets.proto import tf_example_pb2
 
 from data import atomic, manifest, paths, records
 from selection import allocation, huh_subsets
@@ -95,7 +94,7 @@ class ShardScan:
 def scan_shard(path: str) -> ShardScan:
     """Labels, ids and spans of every record (CRC checked; the image bytes are not decoded)."""
     offsets, labels, id_offsets, ids = [0], [], [0], []
-    proto = tf_example_pb2.Example()
+    proto = records.example_proto()
     buf = epath.Path(path).read_bytes()
     starts, lengths = records.record_spans(buf, path)
     for index, data in enumerate(records.records_at(buf, (starts, lengths), path)):
