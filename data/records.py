@@ -272,14 +272,19 @@ def records_at(buf: bytes, spans: Spans, path: str, indices: Iterable[int] | Non
     return [_checked_data(buf, int(starts[i]), int(lengths[i]), path, int(i)) for i in chosen]
 
 
-def framed_with_suffixes(path: str, indices: np.ndarray, spans: Spans, suffixes: Sequence[bytes]) -> list[bytes]:
+def framed_with_suffixes(
+    path: str, indices: np.ndarray, spans: Spans, suffixes: Sequence[bytes], order: np.ndarray | None = None
+) -> tuple[bytes, np.ndarray]:
     """`frame_record(record + suffix)` for the record at each of `indices` of one TFRecord file and the
-    suffix beside it, from one sequential read.
+    suffix beside it, from one sequential read, concatenated in `order` (places in `indices`, repeats
+    allowed; default: `indices` order); returns those bytes and each framed record's offset in them
+    (one more than records, the last the total).
 
     Every header is checked against `spans` (`record_spans`), and each chosen record's data CRC, in
     `indices` order. The output's data CRC is carried from the source's, extended over the suffix
     (CRC-32C runs left to right), so each record's data is hashed once, by one C call, and the framing
-    is built as arrays: the per-record Python is a few slices (benchmarks/selection_write.py)."""
+    is built as arrays, the pieces put in `order` as object arrays and joined once: the per-record
+    Python is a few slices (benchmarks/selection_write.py)."""
     buf = epath.Path(path).read_bytes()
     starts, lengths = record_spans(buf, path, spans)
     chosen = np.asarray(indices, np.int64).reshape(-1)
@@ -298,14 +303,22 @@ def framed_with_suffixes(path: str, indices: np.ndarray, spans: Spans, suffixes:
     heads["length"], heads["crc"] = sizes, _masked_crc_of_lengths(sizes)
     tails = _mask(np.fromiter(map(google_crc32c.extend, crcs.tolist(), suffixes), np.uint32, count))
     head, tail = heads.tobytes(), tails.astype("<u4").tobytes()
-    pieces = [b""] * (4 * count)
-    pieces[0::4] = [head[i : i + _HEADER.size] for i in range(0, len(head), _HEADER.size)]
-    pieces[1::4] = datas
-    pieces[2::4] = suffixes
-    pieces[3::4] = [tail[i : i + _CRC.size] for i in range(0, len(tail), _CRC.size)]
-    blob = b"".join(pieces)
-    bounds = np.concatenate([[0], np.cumsum(sizes + _FRAMING)]).tolist()
-    return list(map(blob.__getitem__, map(slice, bounds[:-1], bounds[1:])))
+    emit = np.arange(count) if order is None else np.asarray(order, np.int64).reshape(-1)
+    pieces = np.empty(4 * len(emit), object)
+    for k, items in enumerate(
+        (
+            [head[i : i + _HEADER.size] for i in range(0, len(head), _HEADER.size)],
+            datas,
+            suffixes,
+            [tail[i : i + _CRC.size] for i in range(0, len(tail), _CRC.size)],
+        )
+    ):
+        column = np.empty(count, object)
+        column[:] = items
+        pieces[k::4] = column[emit]
+    offsets = np.zeros(len(emit) + 1, np.int64)
+    np.cumsum((sizes + _FRAMING)[emit], out=offsets[1:])
+    return b"".join(pieces.tolist()), offsets
 
 
 def read_records(path: str, indices: Iterable[int] | None = None, spans: Spans | None = None) -> list[bytes]:

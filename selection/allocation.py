@@ -72,6 +72,9 @@ def allocate(
         if lo == hi:
             raise ValueError(f"label {y} has {draws[y]} planned draws but no examples in the source")
         entries = order[lo:hi]
+        if hi - lo == 1 and (with_replacement or draws[y] <= count[entries[0]]):
+            result[entries] = draws[y]  # one shard: the draw is certain (and the label's generator unused)
+            continue
         rng = np.random.default_rng([int(seed), 0xA110C, int(y)])
         colors = count[entries].astype(np.int64)
         if with_replacement:

@@ -229,13 +229,18 @@ def global_allocation(job: Job, summaries: list) -> Allocation:
 
 @dataclasses.dataclass
 class SelectedShard:
-    """One source shard's copies, sorted by output position, as framed weighted records (a record's
-    copies share one bytes object)."""
+    """One source shard's copies, sorted by output position, as framed weighted records, concatenated."""
 
     positions: np.ndarray
-    framed: list[bytes]  # `records.frame_record` of each copy's weighted record
-    sizes: np.ndarray  # len(framed[i])
+    blob: bytes  # `records.frame_record` of each copy's weighted record, in position order
+    offsets: np.ndarray  # copy i is blob[offsets[i]:offsets[i + 1]]
     stats: dict[str, np.ndarray]  # `allocation.shard_stats`
+
+    @property
+    def framed(self) -> list[bytes]:
+        """Each copy's framed record."""
+        bounds = self.offsets.tolist()
+        return list(map(self.blob.__getitem__, map(slice, bounds[:-1], bounds[1:])))
 
 
 def select_shard(job: Job, alloc: Allocation, s: int) -> SelectedShard:
@@ -265,12 +270,12 @@ def select_shard(job: Job, alloc: Allocation, s: int) -> SelectedShard:
             allocation.weight_suffix(weight[i], remap.record_labels(scan.labels[scan.offsets[i] : scan.offsets[i + 1]]))
             for i in indices.tolist()
         ]
-    framed = records.framed_with_suffixes(job.source.files[s], indices, scan.spans, suffixes)
     which = np.searchsorted(indices, record_of_copy)  # copy -> its record's place in `indices`
+    blob, offsets = records.framed_with_suffixes(job.source.files[s], indices, scan.spans, suffixes, which)
     return SelectedShard(
         positions,
-        [framed[j] for j in which.tolist()],
-        np.fromiter(map(len, framed), np.int64, len(framed))[which],
+        blob,
+        offsets,
         allocation.shard_stats(
             attributed,
             scan.offsets,
@@ -458,15 +463,17 @@ def _load_summaries(job: Job, num_shards: int) -> list:
     return summaries
 
 
-def _phase_spill(job: Job, alloc: Allocation, s: int, background: atomic.Background) -> None:
+def _phase_spill(job: Job, alloc: Allocation, s: int, background: atomic.Background) -> dict[str, np.ndarray] | None:
+    """Spills source shard s's copies (unless a complete spill exists); returns its statistics when
+    computed here (the manifest's writer then need not read them back)."""
     if epath.Path(job.spill_paths(s)[2]).exists():
-        return
+        return None
     selected = select_shard(job, alloc, s)
     index = np.empty((2, len(selected.positions) + 1), np.int64)
     index[0, :-1], index[0, -1] = selected.positions, alloc.total
-    index[1, 0] = 0
-    np.cumsum(selected.sizes, out=index[1, 1:])
-    background.submit(_write_spill, job.spill_paths(s), b"".join(selected.framed), index, selected.stats)
+    index[1] = selected.offsets
+    background.submit(_write_spill, job.spill_paths(s), selected.blob, index, selected.stats)
+    return selected.stats
 
 
 def _write_spill(spill_paths: tuple[str, str, str], blob: bytes, index: np.ndarray, stats: dict) -> None:
@@ -565,8 +572,7 @@ def write_selected(
         background.wait()
         paths.wait_for([job.summary_path(s) for s in range(num_sources)], wait_timeout_s)
         alloc = global_allocation(job, _load_summaries(job, num_sources))
-        for s in owned:
-            _phase_spill(job, alloc, s, background)
+        computed = {s: _phase_spill(job, alloc, s, background) for s in owned}
         background.wait()
         paths.wait_for([job.spill_paths(s)[2] for s in range(num_sources)], wait_timeout_s)
 
@@ -583,8 +589,10 @@ def write_selected(
     if process_index == 0:
         stats = []
         for s in range(num_sources):
-            with paths.np_load(job.spill_paths(s)[2]) as z:
-                stats.append({key: z[key] for key in ("draws", "unique", "label_copies")})
+            if (mine_stats := computed.get(s)) is None:  # another process's, or spilled by an earlier run
+                with paths.np_load(job.spill_paths(s)[2]) as z:
+                    mine_stats = {key: z[key] for key in ("draws", "unique", "label_copies")}
+            stats.append(mine_stats)
         finish(job, alloc, stats)
     else:
         paths.wait_for([manifest_path], wait_timeout_s)
