@@ -142,7 +142,9 @@ def test_weight_suffix_is_the_protos_serialization_and_needs_no_proto_import():
             proto.features.feature["image/label"].int64_list.value.extend(labels)
         return proto.SerializeToString(deterministic=True)
 
-    cases = [(w, None) for w in (0.0, -0.0, 1.0, 3.5, 1 / 3, 1e-45, 1e38, 1e39, float("inf"), 123.456)]
+    cases: list[tuple[float, tuple[int, ...] | None]] = [
+        (w, None) for w in (0.0, -0.0, 1.0, 3.5, 1 / 3, 1e-45, 1e38, 1e39, float("inf"), 123.456)
+    ]
     cases += [(2.0, ()), (0.5, (0,)), (0.5, (5, 300, 2**40, -1, -(2**63))), (1.25, tuple(range(200)))]
     for weight, labels in cases:
         assert records.encode_weight_suffix(weight, labels) == serialized(weight, labels), (weight, labels)
