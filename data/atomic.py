@@ -105,7 +105,54 @@ def write_text(path: str, text: str) -> None:
 
 
 def write_json(path: str, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    write_text(path, json_text(obj) + "\n")
+
+
+def json_text(obj: Any) -> str:
+    """`json.dumps(obj, indent=2, sort_keys=True)`, the same text, faster for long lists of numbers.
+
+    The stdlib's indenting encoder is pure Python (about 1 us a number), and a selected set's manifest
+    holds per-label counts, draws and plans: 150k numbers for 18k labels, 0.08 s of a 2 s write. Lists of
+    plain ints and floats are encoded here by the C encoder (its number text is the indenting encoder's)
+    and laid out one per line; anything this does not lay out itself (a dict with non-str keys) goes to
+    the stdlib whole (tests compare the two)."""
+    try:
+        return _indented(obj, 0)
+    except _Unlaid:
+        return json.dumps(obj, indent=2, sort_keys=True)
+
+
+_string = json.encoder.encode_basestring_ascii  # C; what both stdlib encoders use for str (ensure_ascii)
+
+
+class _Unlaid(Exception):
+    """A value `_indented` leaves to the stdlib."""
+
+
+def _indented(obj: Any, level: int) -> str:
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        if not all(type(key) is str for key in obj):  # the stdlib converts (and sorts) other keys its way
+            raise _Unlaid
+        items = [f"{_string(key)}: {_indented(value, level + 1)}" for key, value in sorted(obj.items())]
+    elif isinstance(obj, list | tuple):
+        if not obj:
+            return "[]"
+        types = set(map(type, obj))
+        if types <= {int, float}:  # numbers only: no ", " inside an item
+            items = json.dumps(obj)[1:-1].split(", ")
+        elif types == {str}:
+            items = list(map(_string, obj))
+        else:
+            items = [_indented(value, level + 1) for value in obj]
+    elif type(obj) is str:
+        return _string(obj)
+    else:
+        return json.dumps(obj)
+    pad = "\n" + "  " * (level + 1)
+    opening, closing = ("{", "}") if isinstance(obj, dict) else ("[", "]")
+    return opening + pad + ("," + pad).join(items) + "\n" + "  " * level + closing
 
 
 def write_npy(path: str, array: np.ndarray) -> None:

@@ -86,18 +86,23 @@ def remove_tree(path: str) -> None:
     shutil.rmtree(path)
 
 
-def wait_for(files: list[str], timeout_s: float = 24 * 3600.0) -> None:
+def wait_for(files: list[str], timeout_s: float = 24 * 3600.0, until: str | None = None) -> bool:
     """Polls until every path exists: files that other processes write to the shared work dir.
 
     Multi-process phases (selection writes, scoring passes) hand work over through files rather
     than a collective, so a process that finished early needs no open connection to the others.
+    `until`: a path whose existence ends the wait early (the whole work is complete, and the files
+    waited for may be cleaned up already); returns whether it did.
     """
     deadline = time.monotonic() + timeout_s
     pending = [p for p in files if not epath.Path(p).exists()]
     delay = 0.05
     while pending:
+        if until is not None and epath.Path(until).exists():
+            return True
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {timeout_s:.0f}s for {len(pending)} file(s), e.g. {pending[0]}")
         time.sleep(delay)
         delay = min(delay * 1.5, 2.0)
         pending = [p for p in pending if not epath.Path(p).exists()]
+    return False

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from data import manifest, records
+from data import atomic, manifest, records
 
 
 def _examples(n):
@@ -161,3 +161,34 @@ def test_weight_suffix_is_the_protos_serialization_and_needs_no_proto_import():
     assert (
         subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "False"
     )
+
+
+def test_json_text_is_the_stdlib_indented_text():
+    """`atomic.json_text` lays out number and string lists itself (a manifest's 150k per-label numbers):
+    every file the project writes as JSON must keep the stdlib's exact text (digests, diffs)."""
+    import json
+    import math
+
+    labels = [f'l{i}, \u00e9"\\\n' for i in range(50)]
+    objs = [
+        {},
+        [],
+        [[]],
+        [{}],
+        {"a": [], "b": {}},
+        1,
+        -0.0,
+        "\u00e9\ud800\u2028",
+        None,
+        True,
+        [1, 2.5, -0.0, math.nan, math.inf, -math.inf, 1e-300, 10**30, True, False, None],
+        [3, 1.25, 10**20],
+        ["a, b", "c"],
+        [1, "a, b", [2, (3, 4.5)], {"z": None, "y": [3]}],
+        (1, 2),
+        {1: 2, 3: [4]},
+        {"x": {1: "a", 2: "b"}, "a": 1},
+        {"label_names": labels, "label_counts": list(range(100)), "extra": {"planned": [i / 7 for i in range(100)]}},
+    ]
+    for obj in objs:
+        assert atomic.json_text(obj) == json.dumps(obj, indent=2, sort_keys=True), obj

@@ -5,6 +5,7 @@ import collections
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -330,6 +331,25 @@ def test_local_worker_processes_write_the_same_bytes_and_resume(source_dir, tmp_
     again = write.write_selected(source_dir, plan, out, local_processes=2, **kwargs)
     assert [open(f, "rb").read() for f in again.files] == expected
     assert manifest.load_manifest(out).extra == one.extra  # verified sha256s, same realised counts
+
+
+def test_a_waiting_process_returns_when_another_finished_the_write(source_dir, tmp_path):
+    """A resumed write whose output shards all exist: process 0 may write the manifest and remove the
+    scratch files before a slower process waits for them. That process returns the manifest instead
+    of waiting for files that will not come (the test hung in about one run in three under load)."""
+    import threading
+
+    plan = make_label_plan(source_dir, "same", 260)
+    out = str(tmp_path / "out")
+    done = write.write_selected(source_dir, plan, out, records_per_shard=70, seed=5, process_index=0, process_count=1)
+    held = os.path.join(str(tmp_path), "held.json")
+    os.rename(os.path.join(out, manifest.MANIFEST_NAME), held)  # process 1 starts: the write looks unfinished
+    threading.Timer(1.0, os.rename, (held, os.path.join(out, manifest.MANIFEST_NAME))).start()
+    start = time.monotonic()
+    again = write.write_selected(  # process 0 of 2 never runs: without `until` this waits 30 s and fails
+        source_dir, plan, out, records_per_shard=70, seed=5, process_index=1, process_count=2, wait_timeout_s=30.0
+    )
+    assert time.monotonic() - start < 15 and again.files == done.files
 
 
 def test_failed_local_worker_stops_the_write_with_its_error(tmp_path):
