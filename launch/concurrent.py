@@ -8,8 +8,8 @@ compiles: the sequential loop shares one compile between runs with the same prog
 a pure function of its config and its work dir, and writes only its own directory.
 
 Side by side gives the same files as one after another, bit for bit. That needs care: XLA's CPU
-client sizes its thread pool from the cores the process may use when the backend starts, and a
-convolution split over 2 threads sums in another order than on 1 (measured: the demo's Pt model ends
+client sizes its thread pool from the cores the process may use when the backend starts, and an op
+split over 2 threads sums in another order than on 1 (measured: the demo's Pt model ends
 at loss 1.178 with a one-thread pool and 1.195 with two). A worker therefore starts its backend while
 it may still use every core, so its pool matches the parent's, and only then pins all its threads to
 its core. The pool's threads then take turns on that core (at the demo's Inception row the step took
