@@ -16,6 +16,11 @@ its core. The pool's threads then take turns on that core (at the demo's Incepti
 175 ms against 185-192 ms with a one-thread pool, beside another run; 154 ms alone on 2 cores).
 Processes, not threads: orbax's checkpointing is not safe with two runs saving at once in one process.
 
+Once every run has started, a core whose worker has nothing left to run is lent to the runs still
+going: their threads are re-pinned over the idle cores too. The pool's size is fixed at its start,
+so the floats do not change; the last run of an unequal pair (the demo's entire-source row beside
+the smaller Pt model) then finishes on every core instead of one.
+
 Accelerator and multi-host jobs keep their runs sequential: there every run already uses every
 device, and a run is a collective over all processes.
 """
@@ -47,7 +52,24 @@ def resolve_workers(requested: int, num_runs: int) -> int:
     return max(1, min(requested, num_runs))
 
 
-def _init_worker(cores: Any, cache_dir: str | None) -> None:
+_events: Any = None  # a worker's queue to the parent: ("start" | "end", pid, core)
+_own_core: int = -1
+
+
+def _pin(pid: int, cores: set[int]) -> None:
+    """Pins every thread of process `pid` to `cores`; threads it starts later inherit the pin."""
+    try:
+        thread_ids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:  # the process ended meanwhile
+        return
+    for thread_id in thread_ids:
+        try:
+            os.sched_setaffinity(int(thread_id), cores)
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
+
+
+def _init_worker(cores: Any, events: Any, cache_dir: str | None) -> None:
     """Starts the worker's JAX backend with the parent's cores (so XLA's thread pool, and with it how
     every op splits its work, is the parent's), then pins every thread of the worker to the next free
     core; threads started later inherit the pin. Shares the parent's persistent compilation cache."""
@@ -56,12 +78,44 @@ def _init_worker(cores: Any, cache_dir: str | None) -> None:
     if cache_dir:
         jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.devices()
-    core = cores.get()
-    for thread_id in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(thread_id), {core})
-        except ProcessLookupError:  # the thread ended meanwhile
-            pass
+    global _events, _own_core
+    _events, _own_core = events, cores.get()
+    _pin(os.getpid(), {_own_core})
+
+
+def _reported_call(fn: Callable[..., T], args: tuple) -> T:
+    """fn(*args) in a worker, telling the parent when it starts and ends (for `_CoreLender`)."""
+    _events.put(("start", os.getpid(), _own_core))
+    try:
+        return fn(*args)
+    finally:
+        _events.put(("end", os.getpid(), _own_core))
+
+
+class _CoreLender(threading.Thread):
+    """In the parent: once all `num_runs` runs have started, spreads the cores of idle workers over the
+    workers still running (each keeps its own core and gets a share of the idle ones)."""
+
+    def __init__(self, events: Any, num_runs: int, usable: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.events, self.num_runs, self.usable = events, num_runs, usable
+
+    def run(self) -> None:
+        running: dict[int, int] = {}  # pid -> its own core
+        started = 0
+        while (event := self.events.get()) is not None:
+            kind, pid, core = event
+            if kind == "start":
+                running[pid] = core
+                started += 1
+            else:
+                running.pop(pid, None)
+            if started < self.num_runs or not running:
+                continue
+            idle = [c for c in self.usable if c not in running.values()]
+            pids = sorted(running)
+            for i, pid in enumerate(pids):
+                _pin(pid, {running[pid], *idle[i :: len(pids)]})
 
 
 def run_all(fn: Callable[..., T], calls: Sequence[tuple], workers: int, preload: Sequence[str] = ()) -> list[T]:
@@ -79,12 +133,14 @@ def run_all(fn: Callable[..., T], calls: Sequence[tuple], workers: int, preload:
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([fn.__module__, *preload])
-    cores = context.Queue()
+    cores, events = context.Queue(), context.Queue()
     usable = sorted(os.sched_getaffinity(0))
     for i in range(workers):
         cores.put(usable[i % len(usable)])
     cache_dir: str | None = jax.config.jax_compilation_cache_dir  # type: ignore[attr-defined]  # a dynamic option
-    initargs: tuple[Any, str | None] = (cores, cache_dir)
+    initargs: tuple[Any, Any, str | None] = (cores, events, cache_dir)
+    lender = _CoreLender(events, len(calls), usable)
+    lender.start()
     pool = concurrent.futures.ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_init_worker, initargs=initargs
     )
@@ -99,12 +155,14 @@ def run_all(fn: Callable[..., T], calls: Sequence[tuple], workers: int, preload:
         previous = signal.signal(signal.SIGTERM, forward)
     try:
         with pool:
-            futures = [pool.submit(fn, *args) for args in calls]
+            futures = [pool.submit(_reported_call, fn, args) for args in calls]
             concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
             for future in futures:
                 future.cancel()  # not started: after a failure the sequential loop would not start them
             concurrent.futures.wait(futures)
             return [future.result() for future in futures]
     finally:
+        events.put(None)
+        lender.join()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -78,8 +79,26 @@ def _two_steps_digest() -> str:
     return hashlib.sha256(b"".join(np.asarray(leaf).tobytes() for leaf in leaves)).hexdigest()
 
 
-def _digests_in_and_beside() -> list[str]:
-    return [_two_steps_digest(), *concurrent.run_all(_two_steps_digest, [(), ()], 2)]
+def _wait_for_cores(cores: int, timeout_s: float = 20.0) -> int:
+    """The cores this process may use, once they are `cores` or `timeout_s` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while len(os.sched_getaffinity(0)) < cores and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return len(os.sched_getaffinity(0))
+
+
+def _digest_once_lent_every_core(lent: bool) -> str | None:
+    """The digest from a worker whose pair has ended, once it has been lent the idle core."""
+    if not lent:
+        return None
+    assert _wait_for_cores(len(os.sched_getaffinity(os.getppid()))) > 1
+    return _two_steps_digest()
+
+
+def _digests_in_and_beside() -> list[str | None]:
+    """In process; in two workers side by side; in a worker lent the other's core once it ended."""
+    lent = concurrent.run_all(_digest_once_lent_every_core, [(False,), (True,)], 2)[1]
+    return [_two_steps_digest(), *concurrent.run_all(_two_steps_digest, [(), ()], 2), lent]
 
 
 def _in_fresh_process(function: str, pin: int | None = None) -> list[str]:
@@ -103,7 +122,7 @@ def _in_fresh_process(function: str, pin: int | None = None) -> list[str]:
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores: on one, every run has one thread")
 def test_a_pinned_worker_computes_with_the_threads_of_a_run_on_every_core():
     in_process, *side_by_side = _in_fresh_process("_digests_in_and_beside")
-    assert side_by_side == [in_process, in_process]
+    assert side_by_side == [in_process, in_process, in_process]
     # A process that starts JAX already pinned (the workers before this fix) gets a one-thread pool and
     # other floats: the comparison above means something on this machine.
     assert _in_fresh_process("_two_steps_digest", pin=min(os.sched_getaffinity(0))) != [in_process]
@@ -118,6 +137,20 @@ def test_workers_are_pinned_one_per_core_and_results_keep_order():
     core_of = {pid: core[0] for _, pid, core in results}
     assert len(core_of) <= 2 and len(set(core_of.values())) == min(len(core_of), len(cores))  # a core each
     assert concurrent.run_all(_where, [(7,)], 2)[0][1] == os.getpid()  # a single run stays in-process
+
+
+def _cores_at_end(seconds: float) -> int:
+    return _wait_for_cores(2, seconds)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to lend one")
+def test_the_last_run_is_lent_the_cores_of_finished_workers():
+    cores = len(os.sched_getaffinity(0))
+    # Three runs on two workers: the first ends at once and its worker starts the third, so nothing is
+    # lent while a run is still waiting; the second then outlives the third and gets every core.
+    short, long, third = concurrent.run_all(_cores_at_end, [(0.0,), (20.0,), (0.0,)], 2)
+    assert (short, third) == (1, 1)
+    assert long == cores
 
 
 def test_a_failed_run_raises_its_error():
