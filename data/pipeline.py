@@ -386,19 +386,3 @@ class Prefetcher:
         self.close()
         self._iterator.set_state(state)
         self._state = state
-
-
-def prefetch_to_device(iterator: Iterator[Batch], size: int = 2, sharding: Any = None) -> Prefetcher:
-    """Puts batches on the devices in a background thread, `size` ahead, so host input overlaps the step.
-
-    `sharding`: None (default device) or one Sharding for every leaf (batch-leading); with a
-    Sharding each process passes its local part and gets global arrays
-    (`jax.make_array_from_process_local_data`).
-    """
-
-    def put(batch: Batch) -> Any:
-        if sharding is None:
-            return jax.device_put(batch)
-        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
-
-    return Prefetcher(iterator, size, put)

@@ -224,10 +224,12 @@ def test_truncated_shard_and_checksum_refusal(tmp_path):
         pipeline.train_iterator(d, global_batch_size=2, image_size=8, seed=0, num_classes=NUM_CLASSES)
 
 
-def test_prefetch_to_device_keeps_consumer_state(tmp_path):
+def test_prefetcher_on_devices_keeps_consumer_state(tmp_path):
+    import jax
+
     d = write_set(tmp_path / "s", 8)
     kwargs: dict[str, Any] = dict(global_batch_size=2, image_size=8, seed=2, num_classes=NUM_CLASSES, augment=False)
-    prefetched = pipeline.prefetch_to_device(pipeline.train_iterator(d, **kwargs), size=2)
+    prefetched = pipeline.Prefetcher(pipeline.train_iterator(d, **kwargs), size=2, transform=jax.device_put)
     first = next(prefetched)
     assert hasattr(first["image"], "devices")
     state = prefetched.get_state()
@@ -236,21 +238,6 @@ def test_prefetch_to_device_keeps_consumer_state(tmp_path):
     plain.set_state(state)
     for x in expected:
         np.testing.assert_array_equal(x, next(plain)["image"])
-
-
-def test_prefetch_to_device_with_sharding(tmp_path):
-    import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    d = write_set(tmp_path / "s", 16)
-    mesh = Mesh(np.array(jax.devices()), ("data",))
-    sharding = NamedSharding(mesh, PartitionSpec("data"))
-    it = pipeline.train_iterator(
-        d, global_batch_size=len(jax.devices()), image_size=8, seed=0, num_classes=NUM_CLASSES, augment=False
-    )
-    batch = next(pipeline.prefetch_to_device(it, size=2, sharding=sharding))
-    assert batch["image"].sharding == sharding and batch["image"].shape == (len(jax.devices()), 8, 8, 3)
-    assert len(batch["label"].addressable_shards) == len(jax.devices())
 
 
 class _Counting:
