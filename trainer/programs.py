@@ -51,7 +51,13 @@ HOST_SIDE_FIELDS = frozenset(
     }
 )
 _CACHE_SIZE = 8  # distinct programs kept per process (a sweep visits many; each holds executables)
-_CHEAP_CPU_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# Programs that run once per run. The fusion emitters off: Inception-v3's init then compiles in 7.6-8.1
+# CPU-s instead of 10.5-11.3 (75 px, full width), to the same bits and in the same time to run.
+_CHEAP_CPU_COMPILE = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+    "xla_cpu_use_fusion_emitters": False,
+}
 # Convolutions and matmuls on XLA's Eigen kernels instead of YNNPACK (jax 0.10's default on CPU; Keras's
 # step uses it). The train step takes it at large images: a profile of Inception-v3's step at 299 px,
 # batch 8 put half its op time in YNNPACK's convolution kernel gradients (the 80 -> 192 3x3 stem conv's:
@@ -113,11 +119,11 @@ def compile_step_ahead(programs: Programs, batch: Any) -> Callable[[], None]:
 
 
 def _compile_run_once(jitted: Any, *example_args: Any) -> Callable:
-    """Compiles a program that runs once per run (initialisation) without XLA's expensive CPU
-    optimisations: Inception-v3's init (hundreds of RNG ops) then compiles 2-3x faster (width 0.25:
-    8.8 s vs 19.6 s on 2 cores, BENCHMARKS.md), and its single execution does not notice. The compile
-    happens at the first call (so that `compile_step_ahead` can overlap it with the step's). Other
-    backends compile as usual."""
+    """Compiles a program that runs once per run (initialisation, state creation) without XLA's
+    expensive CPU optimisations: Inception-v3's init (hundreds of RNG ops) then compiles 2-3x faster
+    (width 0.25: 8.8 s vs 19.6 s on 2 cores, BENCHMARKS.md), and its single execution does not notice;
+    state creation (full width) goes from 1.4-1.6 to 0.4-0.5 CPU-s. The compile happens at the first
+    call (so that `compile_step_ahead` can overlap it with the step's). Other backends compile as usual."""
     if jax.default_backend() != "cpu":
         return jitted
     compiled = functools.cache(lambda: jitted.lower(*example_args).compile(compiler_options=_CHEAP_CPU_COMPILE))
@@ -148,9 +154,11 @@ def _build(model: nn.Module, config_key: str, total_steps: int, warmup_steps: in
     use_ema = float(config.ema_decay) > 0
     key_shape = jax.eval_shape(lambda: jax.random.PRNGKey(0))
     init = jax.jit(lambda key: model.init({"params": key, "dropout": key}, dummy, train=False))
-    make_state = jax.jit(lambda variables, key: create_state(variables, tx, key, use_ema))
-    abstract = jax.eval_shape(make_state, jax.eval_shape(init, key_shape), key_shape)
+    make_state_jitted = jax.jit(lambda variables, key: create_state(variables, tx, key, use_ema))
+    abstract_variables = jax.eval_shape(init, key_shape)
+    abstract = jax.eval_shape(make_state_jitted, abstract_variables, key_shape)
     init_variables = _compile_run_once(init, key_shape)
+    make_state = _compile_run_once(make_state_jitted, abstract_variables, key_shape)
     runner = make_runner(
         config.parallelism,
         lambda axis_name: make_train_step(model, config, tx, schedule, axis_name),
