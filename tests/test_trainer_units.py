@@ -19,7 +19,7 @@ from tests.trainer_testlib import MemoryIterator, SmallCNN, random_data, tiny_co
 from trainer import checkpoint, losses, metrics, optim, schedules, warm_start
 from trainer import config as config_lib
 from trainer.state import create_state
-from trainer.step import global_norm, make_train_step
+from trainer.step import make_train_step
 from trainer.train import fit
 
 
@@ -184,15 +184,6 @@ def test_uint8_batches_are_normalised_on_device_exactly_as_on_the_host():
     on_host, m_host = step(state, dict(raw, image=augment.to_float(raw["image"])))
     assert float(m_device["loss"]) == float(m_host["loss"])
     jax.tree.map(np.testing.assert_array_equal, on_device.params, on_host.params)
-
-
-def test_global_norm_concatenated_equals_per_leaf():
-    rng = np.random.default_rng(0)
-    tree = {"a": {"kernel": rng.normal(size=(3, 3, 4, 8)), "bias": rng.normal(size=8)}, "b": rng.normal(size=(5,))}
-    tree = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
-    expected = np.sqrt(sum(float(np.sum(np.square(np.asarray(x, np.float64)))) for x in jax.tree.leaves(tree)))
-    for concatenate in (False, True):
-        assert float(jax.jit(global_norm, static_argnums=1)(tree, concatenate)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_aux_loss_is_weighted_in():
