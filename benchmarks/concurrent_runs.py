@@ -5,7 +5,9 @@ Runs `python -m launch.main` twice from empty work dirs (one after another first
 job cannot profit from a warmer page cache), each with its own persistent compilation cache, and prints
 each job's wall time, its stages' times, the ratio, and whether the two reports (`report.csv` less its
 wall-time columns, and every fine-tuning run's test metrics) are identical. Also prints the training
-runs' input wait (the trainer's own figure, from each run's final.json: its last logging window).
+runs' input wait (the trainer's own figure, from each run's final.json: its last logging window), and
+each training run's own wall time in both jobs with the speed-up that perfect packing of runs side by
+side would give (`run_speedups`): the ceiling the job's ratio is read against.
 
   .venv/bin/python benchmarks/concurrent_runs.py --config=configs/demo.py --dir=/tmp/concurrent_bench
 """
@@ -61,15 +63,41 @@ def stage_seconds(workdir: str) -> dict[str, float]:
     return seconds
 
 
-def input_waits(workdir: str) -> dict[str, float]:
-    """Each training run's input-wait fraction (%, last logging window), by run directory."""
-    waits = {}
+def finals(workdir: str) -> dict[str, dict]:
+    """Each training run's final.json, by run directory."""
+    found = {}
     for path in sorted(glob.glob(os.path.join(workdir, "**", "final.json"), recursive=True)):
         with open(path) as handle:
-            final = json.load(handle)
-        if "input_wait_fraction" in final:
-            waits[os.path.relpath(os.path.dirname(path), workdir)] = round(100 * final["input_wait_fraction"], 1)
-    return waits
+            found[os.path.relpath(os.path.dirname(path), workdir)] = json.load(handle)
+    return found
+
+
+def input_waits(workdir: str) -> dict[str, float]:
+    """Each training run's input-wait fraction (%, last logging window), by run directory."""
+    return {
+        run: round(100 * final["input_wait_fraction"], 1)
+        for run, final in finals(workdir).items()
+        if "input_wait_fraction" in final
+    }
+
+
+def run_speedups(sequential: str, side_by_side: str, workers: int) -> dict:
+    """Each training run's own wall time (`wall_s`) in the two jobs, and what `workers` runs side by side
+    would gain over the same runs in turn if they packed perfectly: workers * t_in_turn / t_beside.
+    The sum over runs bounds the job's speed-up from running side by side (compiles, restores and
+    evaluations outside `wall_s` aside): it says how much of both cores one run already uses."""
+    ours, theirs = finals(sequential), finals(side_by_side)
+    runs = {
+        run: {
+            "in_turn_s": round(ours[run]["wall_s"], 1),
+            "beside_s": round(theirs[run]["wall_s"], 1),
+            "packed_speedup": round(workers * ours[run]["wall_s"] / theirs[run]["wall_s"], 2),
+        }
+        for run in sorted(ours.keys() & theirs.keys())
+    }
+    in_turn = sum(r["in_turn_s"] for r in runs.values())
+    beside = sum(r["beside_s"] for r in runs.values())
+    return {"runs": runs, "packed_speedup_all_runs": round(workers * in_turn / beside, 2) if beside else None}
 
 
 def main() -> None:
@@ -101,6 +129,8 @@ def main() -> None:
     waits = input_waits(second)
     print(json.dumps({"input_wait_pct_side_by_side": waits, "max": max(waits.values(), default=0.0)}))
     print(json.dumps({"input_wait_pct_one_after_another": input_waits(first)}))
+    workers = len(os.sched_getaffinity(0))
+    print(json.dumps({"training_runs_wall_s": run_speedups(first, second, workers), "workers": workers}))
     identical = report_rows(first) == report_rows(second) and test_metrics(first) == test_metrics(second)
     print(
         f"side by side / one after another: {wall['one_after_another'] / wall['side_by_side']:.2f}x faster "

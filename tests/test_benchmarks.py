@@ -48,3 +48,16 @@ def test_accelerator_command_cpu_smoke_prints_every_row(tmp_path):
     table = [line for line in lines if line.startswith("|")]
     assert len(table) == 2 + len(result["rows"])  # header, one line per row
     assert "[accelerator/input_wait] step 4/4" in proc.stdout and "input wait" in proc.stdout
+
+
+def test_concurrent_runs_reads_each_runs_wall_time_and_its_packing_ceiling(tmp_path):
+    from benchmarks.concurrent_runs import run_speedups
+
+    times = {"in_turn": {"pretrain/a": 100.0, "finetune/b/seed_0": 10.0}, "beside": {"pretrain/a": 160.0}}
+    for job, runs in times.items():
+        for run, seconds in runs.items():
+            (tmp_path / job / run).mkdir(parents=True)
+            (tmp_path / job / run / "final.json").write_text(json.dumps({"wall_s": seconds}))
+    result = run_speedups(str(tmp_path / "in_turn"), str(tmp_path / "beside"), workers=2)
+    assert result["runs"] == {"pretrain/a": {"in_turn_s": 100.0, "beside_s": 160.0, "packed_speedup": 1.25}}
+    assert result["packed_speedup_all_runs"] == 1.25  # runs missing from either job are left out
