@@ -124,7 +124,8 @@ def run_all(fn: Callable[..., T], calls: Sequence[tuple], workers: int, preload:
 
     Workers fork from a server process that has imported `fn`'s module and `preload` (JAX, Flax and
     the trainer take seconds to import; a fork takes milliseconds) and has never started a JAX
-    backend, whose threads would not survive a fork. A failed run raises here once the runs already
+    backend, whose threads would not survive a fork. Once every run has started, the cores of idle
+    workers go to the runs still going (`_CoreLender`). A failed run raises here once the runs already
     started have finished. SIGTERM (preemption) is passed on to every worker: each run saves a
     checkpoint at its next step and stops, as it does on its own."""
     if workers <= 1 or len(calls) <= 1:
@@ -139,8 +140,6 @@ def run_all(fn: Callable[..., T], calls: Sequence[tuple], workers: int, preload:
         cores.put(usable[i % len(usable)])
     cache_dir: str | None = jax.config.jax_compilation_cache_dir  # type: ignore[attr-defined]  # a dynamic option
     initargs: tuple[Any, Any, str | None] = (cores, events, cache_dir)
-    lender = _CoreLender(events, len(calls), usable)
-    lender.start()
     pool = concurrent.futures.ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_init_worker, initargs=initargs
     )
@@ -153,6 +152,8 @@ def run_all(fn: Callable[..., T], calls: Sequence[tuple], workers: int, preload:
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, forward)
+    lender = _CoreLender(events, len(calls), usable)
+    lender.start()
     try:
         with pool:
             futures = [pool.submit(_reported_call, fn, args) for args in calls]
