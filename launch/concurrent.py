@@ -1,5 +1,6 @@
 """Independent runs of a stage (selected-set pre-trainings, fine-tuning seeds and grid points) side by
-side on a single-host CPU job: one worker process per core, each pinned to its core.
+side on a single-host CPU job: one worker process per core by default, each pinned to its share of
+the cores (one core each when there are as many workers as cores).
 
 A CPU run leaves cores idle (Python dispatch, the input pipeline, checkpoint writes, the many small
 ops XLA runs on one thread), so runs pinned one per core finish sooner than the same runs one after
@@ -52,8 +53,16 @@ def resolve_workers(requested: int, num_runs: int) -> int:
     return max(1, min(requested, num_runs))
 
 
-_events: Any = None  # a worker's queue to the parent: ("start" | "end", pid, core)
-_own_core: int = -1
+_events: Any = None  # a worker's queue to the parent: ("start" | "end", pid, its cores)
+_own_cores: tuple[int, ...] = ()
+
+
+def core_shares(usable: Sequence[int], workers: int) -> list[tuple[int, ...]]:
+    """Disjoint shares of `usable` cores, one per worker, as even as they go (2 workers on 8 cores: 4
+    each; as many workers as cores: one each). More workers than cores share cores round robin."""
+    if workers >= len(usable):
+        return [(usable[i % len(usable)],) for i in range(workers)]
+    return [tuple(usable[i::workers]) for i in range(workers)]
 
 
 def _pin(pid: int, cores: set[int]) -> None:
@@ -72,54 +81,56 @@ def _pin(pid: int, cores: set[int]) -> None:
 def _init_worker(cores: Any, events: Any, cache_dir: str | None) -> None:
     """Starts the worker's JAX backend with the parent's cores (so XLA's thread pool, and with it how
     every op splits its work, is the parent's), then pins every thread of the worker to the next free
-    core; threads started later inherit the pin. Shares the parent's persistent compilation cache."""
+    share of the cores; threads started later inherit the pin. Shares the parent's persistent compilation cache."""
     import jax
 
     if cache_dir:
         jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.devices()
-    global _events, _own_core
-    _events, _own_core = events, cores.get()
-    _pin(os.getpid(), {_own_core})
+    global _events, _own_cores
+    _events, _own_cores = events, tuple(cores.get())
+    _pin(os.getpid(), set(_own_cores))
 
 
 def _reported_call(fn: Callable[..., T], args: tuple) -> T:
     """fn(*args) in a worker, telling the parent when it starts and ends (for `_CoreLender`)."""
-    _events.put(("start", os.getpid(), _own_core))
+    _events.put(("start", os.getpid(), _own_cores))
     try:
         return fn(*args)
     finally:
-        _events.put(("end", os.getpid(), _own_core))
+        _events.put(("end", os.getpid(), _own_cores))
 
 
 class _CoreLender(threading.Thread):
     """In the parent: once all `num_runs` runs have started, spreads the cores of idle workers over the
-    workers still running (each keeps its own core and gets a share of the idle ones)."""
+    workers still running (each keeps its own cores and gets a share of the idle ones)."""
 
     def __init__(self, events: Any, num_runs: int, usable: list[int]) -> None:
         super().__init__(daemon=True)
         self.events, self.num_runs, self.usable = events, num_runs, usable
 
     def run(self) -> None:
-        running: dict[int, int] = {}  # pid -> its own core
+        running: dict[int, tuple[int, ...]] = {}  # pid -> its own cores
         started = 0
         while (event := self.events.get()) is not None:
-            kind, pid, core = event
+            kind, pid, own = event
             if kind == "start":
-                running[pid] = core
+                running[pid] = own
                 started += 1
             else:
                 running.pop(pid, None)
             if started < self.num_runs or not running:
                 continue
-            idle = [c for c in self.usable if c not in running.values()]
+            busy = {core for own in running.values() for core in own}
+            idle = [core for core in self.usable if core not in busy]
             pids = sorted(running)
             for i, pid in enumerate(pids):
-                _pin(pid, {running[pid], *idle[i :: len(pids)]})
+                _pin(pid, {*running[pid], *idle[i :: len(pids)]})
 
 
 def run_all(fn: Callable[..., T], calls: Sequence[tuple], workers: int, preload: Sequence[str] = ()) -> list[T]:
-    """[fn(*args) for args in calls], `workers` at a time in pinned worker processes; results in the
+    """[fn(*args) for args in calls], `workers` at a time in worker processes pinned to disjoint shares
+    of the cores (`core_shares`); results in the
     order of `calls`. `fn` must be a module-level function and its arguments picklable.
 
     Workers fork from a server process that has imported `fn`'s module and `preload` (JAX, Flax and
@@ -136,8 +147,8 @@ def run_all(fn: Callable[..., T], calls: Sequence[tuple], workers: int, preload:
     context.set_forkserver_preload([fn.__module__, *preload])
     cores, events = context.Queue(), context.Queue()
     usable = sorted(os.sched_getaffinity(0))
-    for i in range(workers):
-        cores.put(usable[i % len(usable)])
+    for share in core_shares(usable, workers):
+        cores.put(share)
     cache_dir: str | None = jax.config.jax_compilation_cache_dir  # type: ignore[attr-defined]  # a dynamic option
     initargs: tuple[Any, Any, str | None] = (cores, events, cache_dir)
     pool = concurrent.futures.ProcessPoolExecutor(

@@ -153,6 +153,13 @@ def test_the_last_run_is_lent_the_cores_of_finished_workers():
     assert long == cores
 
 
+def test_core_shares_split_the_cores_between_workers():
+    assert concurrent.core_shares([0, 1], 2) == [(0,), (1,)]
+    assert concurrent.core_shares([0, 1, 2, 3, 4, 5, 6, 7], 2) == [(0, 2, 4, 6), (1, 3, 5, 7)]
+    assert concurrent.core_shares([0, 1, 2], 2) == [(0, 2), (1,)]
+    assert concurrent.core_shares([0, 1], 3) == [(0,), (1,), (0,)]  # more workers than cores
+
+
 def test_a_failed_run_raises_its_error():
     with pytest.raises(RuntimeError, match="run 1 failed"):
         concurrent.run_all(_fails, [(0,), (1,), (2,)], 2)
