@@ -81,6 +81,9 @@ class _Preprocess:
     min_crop_area: float = augment_lib.DEFAULT_AREA_RANGE[0]
     second_view: bool = False  # contrastive pre-training: a second, independent augmentation ("image2")
 
+    def __post_init__(self) -> None:
+        records.example_proto()  # the proto's first import here, in the caller's thread, not in grain's readers
+
     def __call__(self, item: tuple[int, bytes] | Skipped, rng: np.random.Generator | None = None):
         if isinstance(item, Skipped):  # a bad CRC from _SafeSource, on its way to the filter
             return item

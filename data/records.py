@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import itertools
 import struct
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING
 
@@ -67,11 +68,22 @@ def example_proto() -> tf_example_pb2.Example:
     return _example_type()()
 
 
-@functools.cache
-def _example_type() -> type[tf_example_pb2.Example]:
-    from tensorflow_datasets.proto import tf_example_pb2
+_IMPORT_LOCK = threading.Lock()
+_example_class: type[tf_example_pb2.Example] | None = None
 
-    return tf_example_pb2.Example
+
+def _example_type() -> type[tf_example_pb2.Example]:
+    """The proto class, imported by one thread at a time: grain's reader threads decode records in
+    parallel, and two of them importing `tensorflow_datasets` at once deadlocked a job (Python 3.11's
+    `functools.cached_property` lock in etils' lazy imports against the module import lock)."""
+    global _example_class
+    if _example_class is None:
+        with _IMPORT_LOCK:
+            if _example_class is None:
+                from tensorflow_datasets.proto import tf_example_pb2
+
+                _example_class = tf_example_pb2.Example
+    return _example_class
 
 
 def encode_example(example: Example) -> bytes:

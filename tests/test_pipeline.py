@@ -299,3 +299,21 @@ def test_prefetcher_peek_shows_the_next_batch_without_taking_it():
     assert int(next(prefetched)["i"]) == 1
     assert prefetched.get_state() == {"position": 2}
     prefetched.close()
+
+
+def test_the_example_proto_is_first_imported_by_the_thread_that_builds_the_pipeline():
+    """grain's reader threads once imported tensorflow_datasets (for the Example proto) two at a time
+    and deadlocked a two-process job; building the pipeline now imports it in the caller's thread."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, threading\n"
+        "from data import pipeline, records\n"
+        "assert records._example_class is None and 'tensorflow_datasets' not in sys.modules\n"
+        "pipeline._Preprocess(source=None, image_size=8, num_classes=2, train=True, skip_corrupt=False)\n"
+        "assert records._example_class is not None and threading.active_count() == 1\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
