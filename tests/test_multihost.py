@@ -70,9 +70,15 @@ def _run_job(workdir, count: int) -> list[dict]:
         )
         for p in range(count)
     ]
-    for proc in procs:
-        out, err = proc.communicate(timeout=900)
-        assert proc.returncode == 0, out[-2000:] + err[-3000:]
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=900)
+            assert proc.returncode == 0, out[-2000:] + err[-3000:]
+    finally:  # a failed or hung process must not leave its peers waiting in a collective for ever
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     with open(workdir / "report.csv", newline="") as handle:
         return [{k: v for k, v in row.items() if not k.endswith("_wall_s")} for row in csv.DictReader(handle)]
 
