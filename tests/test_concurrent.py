@@ -128,28 +128,30 @@ def test_a_pinned_worker_computes_with_the_threads_of_a_run_on_every_core():
     assert _in_fresh_process("_two_steps_digest", pin=min(os.sched_getaffinity(0))) != [in_process]
 
 
-def test_workers_are_pinned_one_per_core_and_results_keep_order():
-    cores = sorted(os.sched_getaffinity(0))
+def test_workers_are_pinned_to_a_share_of_the_cores_each_and_results_keep_order():
+    shares = [list(share) for share in concurrent.core_shares(sorted(os.sched_getaffinity(0)), 2)]
     results = concurrent.run_all(_where, [(i,) for i in range(4)], 2)
     assert [r[0] for r in results] == [0, 1, 2, 3]
     assert os.getpid() not in {r[1] for r in results}
-    assert all(len(r[2]) == 1 and r[2][0] in cores for r in results)
-    core_of = {pid: core[0] for _, pid, core in results}
-    assert len(core_of) <= 2 and len(set(core_of.values())) == min(len(core_of), len(cores))  # a core each
+    # The first three start while a run is still waiting, so nothing is lent yet; the last may have
+    # been lent the other worker's cores by the time it looks.
+    assert all(r[2] in shares for r in results[:3])
+    assert any(set(share) <= set(results[3][2]) for share in shares)
+    share_of = {pid: tuple(cores) for _, pid, cores in results[:3]}
+    distinct = {tuple(share) for share in shares}
+    assert len(share_of) <= 2 and len(set(share_of.values())) == min(len(share_of), len(distinct))  # a share each
     assert concurrent.run_all(_where, [(7,)], 2)[0][1] == os.getpid()  # a single run stays in-process
-
-
-def _cores_at_end(seconds: float) -> int:
-    return _wait_for_cores(2, seconds)
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to lend one")
 def test_the_last_run_is_lent_the_cores_of_finished_workers():
-    cores = len(os.sched_getaffinity(0))
+    usable = sorted(os.sched_getaffinity(0))
+    cores = len(usable)
     # Three runs on two workers: the first ends at once and its worker starts the third, so nothing is
     # lent while a run is still waiting; the second then outlives the third and gets every core.
-    short, long, third = concurrent.run_all(_cores_at_end, [(0.0,), (20.0,), (0.0,)], 2)
-    assert (short, third) == (1, 1)
+    calls = [(cores, 0.0), (cores, 20.0), (cores, 0.0)]
+    short, long, third = concurrent.run_all(_wait_for_cores, calls, 2)
+    assert {short, third} <= {len(share) for share in concurrent.core_shares(usable, 2)}
     assert long == cores
 
 
