@@ -81,7 +81,8 @@ def _pin(pid: int, cores: set[int]) -> None:
 def _init_worker(cores: Any, events: Any, cache_dir: str | None) -> None:
     """Starts the worker's JAX backend with the parent's cores (so XLA's thread pool, and with it how
     every op splits its work, is the parent's), then pins every thread of the worker to the next free
-    share of the cores; threads started later inherit the pin. Shares the parent's persistent compilation cache."""
+    share of the cores; threads started later inherit the pin. Shares the parent's persistent
+    compilation cache."""
     import jax
 
     if cache_dir:
@@ -130,8 +131,8 @@ class _CoreLender(threading.Thread):
 
 def run_all(fn: Callable[..., T], calls: Sequence[tuple], workers: int, preload: Sequence[str] = ()) -> list[T]:
     """[fn(*args) for args in calls], `workers` at a time in worker processes pinned to disjoint shares
-    of the cores (`core_shares`); results in the
-    order of `calls`. `fn` must be a module-level function and its arguments picklable.
+    of the cores (`core_shares`); results in the order of `calls`. `fn` must be a module-level function
+    and its arguments picklable.
 
     Workers fork from a server process that has imported `fn`'s module and `preload` (JAX, Flax and
     the trainer take seconds to import; a fork takes milliseconds) and has never started a JAX

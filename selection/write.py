@@ -91,6 +91,10 @@ class ShardScan:
     def spans(self) -> records.Spans:
         return self.starts, self.lengths
 
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(self, field.name).nbytes for field in dataclasses.fields(self))
+
 
 def scan_shard(path: str) -> ShardScan:
     """Labels, ids and spans of every record (CRC checked; the image bytes are not decoded)."""
@@ -464,7 +468,7 @@ def _phase_scan(job: Job, owned: list[int], background: atomic.Background) -> di
         if epath.Path(job.summary_path(s)).exists():
             continue
         scanned = job.scanned(s)
-        size = scanned[1].nbytes + sum(getattr(scanned[0], f.name).nbytes for f in dataclasses.fields(ShardScan))
+        size = scanned[0].nbytes + scanned[1].nbytes
         if kept_bytes + size <= KEEP_SCANS_BYTES:
             kept[s], kept_bytes = scanned, kept_bytes + size
         summary = job.summary(s, scanned)
